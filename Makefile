@@ -1,0 +1,138 @@
+# Shoal — top-level Makefile.
+#
+# Targets:
+#   make            build build/shoald and build/shoalctl
+#   make run        install missing packages, build, run shoald in the foreground
+#                   on its embedded default configuration
+#   make test       install missing packages, build, run every unit and integration test
+#   make unit       unit tests only (CMocka, one binary per module)
+#   make integration  integration tests only (real servers and clients, needs root)
+#   make san        build under ASan+UBSan into build/san and run the tests there
+#   make bench      benchmarks (long; not part of make test)
+#   make check      clang-format dry run
+#   make install    binaries, /etc/shoal/shoald.yaml, systemd unit, logrotate file
+# Knobs:
+#   V=1             show full commands
+#   DEBUG=1         -O0, no optimisation
+#   SAN=address,undefined   build with these sanitizers
+#   BUILD=dir       output directory (default build)
+#   T=pattern       integration tests to run (shell glob on tests/integration/t_*.sh)
+
+BUILD ?= build
+PREFIX ?= /usr/local
+DESTDIR ?=
+CXX := g++
+Q := $(if $(V),,@)
+
+WARN := -Wall -Wextra -Wshadow -Wconversion -Wold-style-cast -Wnon-virtual-dtor -Werror
+OPT := $(if $(DEBUG),-O0,-O2)
+SANFLAGS := $(if $(SAN),-fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=undefined,)
+VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
+GIT_REV := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+CPPFLAGS := -Iinclude -isystem /usr/include/hs -DSHOAL_VERSION='"$(VERSION)"' -DSHOAL_GIT_REV='"$(GIT_REV)"'
+CXXFLAGS := -std=c++17 $(OPT) -g -pthread $(WARN) $(SANFLAGS) -MMD -MP
+LDFLAGS := -pthread $(SANFLAGS)
+LDLIBS := -luv -lmbedtls -lmbedx509 -lmbedcrypto -lhs -lcjson -lyaml -lhttp_parser -lcrypto
+
+.DELETE_ON_ERROR:
+.PHONY: all run test unit integration san bench check install deps deps-test deps-bench clean format
+
+all: $(BUILD)/shoald $(BUILD)/shoalctl
+
+# Libraries: one archive per module, userspace/<module>/*.cpp -> $(BUILD)/lib/<module>.a.
+MODULES := $(sort $(notdir $(patsubst %/,%,$(dir $(wildcard userspace/*/*.cpp)))))
+MODULE_LIBS := $(MODULES:%=$(BUILD)/lib/%.a)
+define module_rule
+$(BUILD)/lib/$(1).a: $(patsubst %.cpp,$(BUILD)/obj/%.o,$(wildcard userspace/$(1)/*.cpp))
+	@mkdir -p $$(dir $$@)
+	$(Q)rm -f $$@ && ar rcs $$@ $$^
+endef
+$(foreach m,$(MODULES),$(eval $(call module_rule,$(m))))
+ALL_LIBS := -Wl,--start-group $(MODULE_LIBS) -Wl,--end-group
+
+$(BUILD)/obj/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(if $(V),,@echo "  CXX  $<")
+	$(Q)$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/shoald: $(BUILD)/obj/userspace/shoald.o $(MODULE_LIBS)
+	$(if $(V),,@echo "  LD   $@")
+	$(Q)$(CXX) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+$(BUILD)/shoalctl: $(BUILD)/obj/userspace/shoalctl.o $(MODULE_LIBS)
+	$(if $(V),,@echo "  LD   $@")
+	$(Q)$(CXX) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+
+# Unit tests: tests/unit/<module>/*.cpp -> $(BUILD)/tests/unit/test_<module>,
+# linked with that module's archive and the modules named in
+# tests/unit/<module>/deps (one line, space-separated), so a module's tests
+# build before the rest of the tree does.
+UNIT_MODULES := $(sort $(notdir $(patsubst %/,%,$(dir $(wildcard tests/unit/*/*.cpp)))))
+UNIT_BINS := $(UNIT_MODULES:%=$(BUILD)/tests/unit/test_%)
+unit_deps = $(1) $(shell cat tests/unit/$(1)/deps 2>/dev/null)
+define unit_rule
+$(BUILD)/tests/unit/test_$(1): $(patsubst %.cpp,$(BUILD)/obj/%.o,$(wildcard tests/unit/$(1)/*.cpp)) $(patsubst %,$(BUILD)/lib/%.a,$(call unit_deps,$(1)))
+	@mkdir -p $$(dir $$@)
+	$(if $(V),,@echo "  LD   $$@")
+	$(Q)$(CXX) $(LDFLAGS) -o $$@ $$(filter %.o,$$^) -Wl,--start-group $$(filter %.a,$$^) -Wl,--end-group $(LDLIBS) -lcmocka
+endef
+$(foreach m,$(UNIT_MODULES),$(eval $(call unit_rule,$(m))))
+
+# Test helper programs written in C++ (fault injectors, load clients).
+FIXTURE_SRCS := $(wildcard tests/fixtures/*.cpp bench/*.cpp)
+FIXTURE_BINS := $(patsubst %.cpp,$(BUILD)/%,$(FIXTURE_SRCS))
+# Standalone helper programs: no Shoal libraries, only system ones.
+$(BUILD)/tests/fixtures/%: $(BUILD)/obj/tests/fixtures/%.o
+	@mkdir -p $(dir $@)
+	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o
+	@mkdir -p $(dir $@)
+	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+deps:
+	$(Q)tools/install-deps.sh build
+deps-test:
+	$(Q)tools/install-deps.sh test
+deps-bench:
+	$(Q)tools/install-deps.sh bench
+
+run: deps
+	$(Q)$(MAKE) --no-print-directory all
+	@mkdir -p $(BUILD)/run
+	exec $(BUILD)/shoald --default-config --data-dir $(BUILD)/run/data --log-dir $(BUILD)/run/log
+
+test: deps-test
+	$(Q)$(MAKE) --no-print-directory all $(UNIT_BINS) $(FIXTURE_BINS)
+	$(Q)$(MAKE) --no-print-directory unit integration
+
+unit: $(UNIT_BINS)
+	$(Q)tests/run-unit.sh $(UNIT_BINS)
+
+integration: all $(FIXTURE_BINS)
+	$(Q)BUILD=$(abspath $(BUILD)) tests/integration/run.sh $(T)
+
+san: deps-test
+	$(Q)$(MAKE) --no-print-directory BUILD=build/san SAN=address,undefined DEBUG=1 test
+
+bench: deps-bench
+	$(Q)$(MAKE) --no-print-directory all $(FIXTURE_BINS)
+	$(Q)BUILD=$(abspath $(BUILD)) bench/run.sh
+
+check:
+	$(Q)clang-format --dry-run --Werror $(shell git ls-files '*.cpp' '*.h' | grep -v '^bpf/')
+
+format:
+	$(Q)clang-format -i $(shell git ls-files '*.cpp' '*.h' | grep -v '^bpf/')
+
+install: all
+	install -D -m 0755 $(BUILD)/shoald $(DESTDIR)$(PREFIX)/sbin/shoald
+	install -D -m 0755 $(BUILD)/shoalctl $(DESTDIR)$(PREFIX)/bin/shoalctl
+	install -d -m 0755 $(DESTDIR)/etc/shoal
+	test -e $(DESTDIR)/etc/shoal/shoald.yaml || install -m 0644 systemd/shoald.yaml $(DESTDIR)/etc/shoal/shoald.yaml
+	install -D -m 0644 systemd/shoald.service $(DESTDIR)/lib/systemd/system/shoald.service
+	install -D -m 0644 systemd/shoald.logrotate $(DESTDIR)/etc/logrotate.d/shoald
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,39 @@
+// The daemon: loads configuration, owns the workers and the control loop
+// (signals, admin socket, metrics endpoint). The control loop runs on the
+// thread that calls run(); workers run on their own threads.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "shoal/config/config.h"
+
+namespace shoal::daemon {
+
+// Command-line settings that override the configuration file.
+struct Overrides {
+  std::optional<std::string> data_dir, log_dir, admin_socket;
+  std::optional<config::Endpoint> proxy_listen, metrics_listen;
+  std::optional<int> workers;
+};
+
+struct Options {
+  std::string config_path;     // empty: embedded default
+  bool embedded_default = false;
+  Overrides overrides;
+};
+
+// Loads and validates the configuration named by opts, applies overrides.
+// Diagnostics (warnings too) are appended to *diags.
+config::LoadResult load_config(const Options& opts);
+
+// Runs until SIGTERM/SIGINT; returns the process exit code.
+int run(const Options& opts);
+
+// "addr:port", "[v6]:port" or ":port" → Endpoint. False on junk.
+bool parse_endpoint(const std::string& s, config::Endpoint* out);
+
+}  // namespace shoal::daemon

@@ -1,0 +1,55 @@
+// JSON-line logging (cJSON) to <log-dir>/core.log, one object per line, in
+// the shape Dragonfly's core.log has ("level", "ts", "msg", then fields), so
+// `grep "peer task done"` and jq work on it. Thread-safe: every thread may
+// log; a line is written with one write(2) on an O_APPEND descriptor, so lines
+// from several threads never interleave. reopen() is for log rotation
+// (SIGUSR1) and may run on any thread.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+struct cJSON;
+
+namespace shoal::obs {
+
+enum class Level { Debug = 0, Info = 1, Warn = 2, Error = 3 };
+const char* to_string(Level l);
+bool parse_level(std::string_view s, Level* out);
+
+// Opens (creating the directory) <dir>/core.log. Until open() succeeds, lines
+// go to stderr. Returns false and sets *err when the file cannot be opened.
+bool log_open(const std::string& dir, std::string* err);
+bool log_reopen(std::string* err);
+void log_close();
+void log_set_level(Level l);
+bool log_enabled(Level l);
+// Also copy Warn and Error lines to stderr (foreground runs).
+void log_set_stderr_copy(bool on);
+std::string log_path();
+
+// Builds one line; emitted by the destructor. Cheap when the level is off.
+//   LogLine(Level::Info, "request").str("host", h).num("status", 200);
+class LogLine {
+ public:
+  LogLine(Level level, std::string_view msg);
+  ~LogLine();
+  LogLine(const LogLine&) = delete;
+  LogLine& operator=(const LogLine&) = delete;
+  LogLine& str(const char* key, std::string_view value);
+  LogLine& num(const char* key, int64_t value);
+  LogLine& dbl(const char* key, double value);
+  LogLine& boolean(const char* key, bool value);
+
+ private:
+  cJSON* obj_ = nullptr;
+  Level level_;
+};
+
+inline LogLine log_info(std::string_view msg) { return LogLine(Level::Info, msg); }
+inline LogLine log_warn(std::string_view msg) { return LogLine(Level::Warn, msg); }
+inline LogLine log_error(std::string_view msg) { return LogLine(Level::Error, msg); }
+inline LogLine log_debug(std::string_view msg) { return LogLine(Level::Debug, msg); }
+
+}  // namespace shoal::obs

@@ -1,0 +1,115 @@
+// Worker: one thread, one libuv loop, its own SO_REUSEPORT listener on each
+// proxy address, and every per-thread resource a connection needs (Hyperscan
+// scratch, RNG, TLS configurations). Connections never move between
+// workers. Other threads talk to a worker only through post() (uv_async).
+#pragma once
+
+#include <uv.h>
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shoal/proxy/runtime.h"
+#include "shoal/rules/rules.h"
+#include "shoal/tls/session.h"
+
+namespace shoal::proxy {
+
+class Conn;
+class Shared;
+
+class Worker {
+ public:
+  Worker(Shared& shared, int index);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Binds the listener on the calling thread (so bind errors reach start-up)
+  // and returns 0, or a negative libuv error with *err set.
+  int listen(const std::string& addr, uint16_t port, std::string* err);
+  void start();  // runs the loop on a new thread
+  void join();
+
+  // Thread-safe requests, executed on the worker's loop.
+  void post(std::function<void()> fn);
+  void stop_accepting();  // close listeners; idle connections close, busy ones finish
+  void abort_all();       // reset every connection that is left
+
+  // Loop-thread only.
+  uv_loop_t* loop() { return &loop_; }
+  Shared& shared() { return shared_; }
+  int index() const { return index_; }
+  // The current runtime, with this thread's scratch sized for it.
+  std::shared_ptr<const Runtime> runtime();
+  rules::Scratch& scratch() { return scratch_; }
+  tls::Rng& rng() { return rng_; }
+  tls::ServerConfig& server_config() { return *server_cfg_; }
+  std::shared_ptr<tls::ClientConfig> client_config(const TrustChoice& trust);
+  // A 64 KiB buffer every read on this loop lands in; readers consume it
+  // before returning, so one per loop is enough whatever the connection count.
+  char* read_buffer() { return read_buf_.get(); }
+  static constexpr size_t kReadBufferSize = 64 * 1024;
+  // Where decrypted bytes land before they are parsed; same rule as above.
+  uint8_t* plain_buffer() { return plain_buf_.get(); }
+  static constexpr size_t kPlainBufferSize = 64 * 1024;
+  bool draining() const { return draining_; }
+  void add_conn(Conn* c);
+  void remove_conn(Conn* c);
+  size_t conn_count() const { return conn_count_.load(); }
+
+ private:
+  static void on_async(uv_async_t* a);
+  static void on_connection(uv_stream_t* server, int status);
+
+  Shared& shared_;
+  int index_;
+  uv_loop_t loop_{};
+  uv_async_t async_{};
+  std::vector<uv_tcp_t*> listeners_;
+  std::thread thread_;
+  std::mutex post_mu_;
+  std::vector<std::function<void()>> posted_;
+  rules::Scratch scratch_;
+  uint64_t scratch_gen_ = 0;
+  std::shared_ptr<const Runtime> rt_;
+  tls::Rng rng_;
+  std::unique_ptr<tls::ServerConfig> server_cfg_;
+  struct CachedClientConfig {
+    std::shared_ptr<tls::TrustStore> store;  // keeps the key's pointer alive
+    std::shared_ptr<tls::ClientConfig> cfg;
+  };
+  std::map<std::pair<const tls::TrustStore*, bool>, CachedClientConfig> client_cfgs_;
+  bool async_closed_ = false;  // guarded by post_mu_
+  void maybe_finish();
+  std::unique_ptr<char[]> read_buf_;
+  std::unique_ptr<uint8_t[]> plain_buf_;
+  Conn* conns_ = nullptr;  // intrusive list of live connections
+  std::atomic<size_t> conn_count_{0};
+  bool draining_ = false;
+};
+
+// State every worker shares: the current runtime, the concurrency limit,
+// counters. Owned by the daemon; outlives the workers.
+class Shared {
+ public:
+  std::shared_ptr<const Runtime> runtime() const { return std::atomic_load(&rt_); }
+  void set_runtime(std::shared_ptr<const Runtime> rt) { std::atomic_store(&rt_, std::move(rt)); }
+  // Admission for proxy.maxConcurrency: true when the connection may proceed.
+  bool admit(int64_t limit);
+  void release();
+  int64_t active() const { return active_.load(); }
+  std::string peer_id;
+
+ private:
+  std::shared_ptr<const Runtime> rt_;
+  std::atomic<int64_t> active_{0};
+};
+
+}  // namespace shoal::proxy

@@ -1,0 +1,183 @@
+// One TLS endpoint over memory buffers (a "memory BIO"): the connection
+// feeds it ciphertext read from the socket and writes out what it produces,
+// so the event loop never blocks and mbedTLS never touches a socket.
+// Record protection lives behind read()/write() so a faster record layer can
+// take over after the handshake (the fast-record-path issue).
+// Not thread-safe: owned by one connection on one event loop.
+#pragma once
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/x509_crt.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "shoal/tls/cert_authority.h"
+
+namespace shoal::tls {
+
+// Per-thread random generator (mbedTLS CTR-DRBG seeded from the OS). Not
+// shared between threads: each event loop and each minting thread owns one.
+class Rng {
+ public:
+  Rng();
+  ~Rng();
+  Rng(const Rng&) = delete;
+  Rng& operator=(const Rng&) = delete;
+  mbedtls_ctr_drbg_context* ctx() { return &drbg_; }
+  // f_rng for mbedTLS; p_rng is the Rng*. Any length (CTR-DRBG's 1 KiB
+  // per-request limit is looped over).
+  static int random(void* p_rng, unsigned char* out, size_t len);
+ private:
+  mbedtls_entropy_context entropy_;
+  mbedtls_ctr_drbg_context drbg_;
+};
+
+// Trust anchors for origin-facing TLS: the system store (a PEM file or a
+// directory of PEM files) plus extra PEM files. Immutable after load.
+class TrustStore {
+ public:
+  TrustStore();
+  ~TrustStore();
+  TrustStore(const TrustStore&) = delete;
+  TrustStore& operator=(const TrustStore&) = delete;
+  // Adds every certificate in a PEM/DER file, or every file in a directory.
+  // Returns false and sets *err (naming the path and mbedTLS's reason).
+  bool add(const std::string& path, std::string* err);
+  // Adds Debian's bundle /etc/ssl/certs/ca-certificates.crt, or the
+  // /etc/ssl/certs directory when the bundle is missing.
+  bool add_system(std::string* err);
+  mbedtls_x509_crt* chain() { return &chain_; }
+  size_t count() const { return count_; }
+
+ private:
+  mbedtls_x509_crt chain_;
+  size_t count_ = 0;
+};
+
+// Client-facing configuration for hijacked connections: TLS 1.2, ALPN
+// "http/1.1" only (a client offering ALPN without http/1.1 gets a
+// no_application_protocol alert), ChaCha20-Poly1305 preferred (then AES-GCM),
+// ECDHE, no renegotiation. The certificate is per Session, never per config.
+// One per event loop (it holds that loop's Rng).
+class ServerConfig {
+ public:
+  explicit ServerConfig(Rng* rng);
+  ~ServerConfig();
+  ServerConfig(const ServerConfig&) = delete;
+  ServerConfig& operator=(const ServerConfig&) = delete;
+  mbedtls_ssl_config* conf() { return &conf_; }
+
+ private:
+  mbedtls_ssl_config conf_;
+};
+
+// Origin-facing configuration: TLS 1.2, verification against a TrustStore
+// unless insecure, ALPN http/1.1, SNI + hostname check set per Session.
+// One per (loop, trust store, insecure) combination.
+class ClientConfig {
+ public:
+  ClientConfig(Rng* rng, TrustStore* trust, bool insecure);
+  ~ClientConfig();
+  ClientConfig(const ClientConfig&) = delete;
+  ClientConfig& operator=(const ClientConfig&) = delete;
+  mbedtls_ssl_config* conf() { return &conf_; }
+  bool insecure() const { return insecure_; }
+
+ private:
+  mbedtls_ssl_config conf_;
+  bool insecure_;
+};
+
+enum class Status {
+  Ok,        // done (handshake complete / data returned / data accepted)
+  WantRead,  // feed more ciphertext, then call again
+  Closed,    // peer sent close_notify (read) or session is closed
+  Error,     // fatal; error_string() says why
+};
+
+class Session {
+ public:
+  // Server side: presents leaf (kept alive by the session) whatever SNI the
+  // client sends, and also when it sends none. nullptr only when mbedTLS
+  // cannot allocate.
+  static std::unique_ptr<Session> server(ServerConfig* cfg, std::shared_ptr<const Leaf> leaf);
+  // Client side: sends SNI = host (unless it is an IP literal) and verifies
+  // the certificate against it unless the config is insecure: a DNS name
+  // through mbedTLS (dNSName SANs, else CN), an IP literal ("10.0.0.1",
+  // "::1", "[::1]") against iPAddress SANs by Shoal's own check, since
+  // mbedTLS 2.28 cannot. nullptr when mbedTLS cannot allocate or host is
+  // longer than MBEDTLS_SSL_MAX_HOST_NAME_LEN.
+  static std::unique_ptr<Session> client(ClientConfig* cfg, const std::string& host);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Appends ciphertext received from the peer.
+  void feed(const uint8_t* data, size_t len);
+  // Advances the handshake. Ok once complete; output() may hold bytes to send
+  // in every case, including Error (an alert). WantRead means every fed byte
+  // was consumed.
+  Status handshake();
+  bool handshake_done() const;
+  // Decrypts into buf. Ok with *n > 0, WantRead when no complete record is
+  // buffered (records that carry no data, e.g. a refused renegotiation
+  // request, are consumed on the way), Closed on close_notify, Error
+  // otherwise. More plaintext may remain after Ok: call again until
+  // WantRead. Drives the handshake first if it is not done.
+  Status read(uint8_t* buf, size_t cap, size_t* n);
+  // Encrypts all of data into output() (in records of at most 16 KiB).
+  // Ok, Closed after close_notify(), or Error (also before the handshake).
+  Status write(const uint8_t* data, size_t len);
+  // Queues close_notify into output() once the handshake is done; later
+  // writes return Closed. Calling it twice sends one alert.
+  void close_notify();
+  // Ciphertext waiting to be sent; the caller moves it out and clears it.
+  std::vector<uint8_t>& output() { return out_; }
+  // Bytes fed but not yet consumed by mbedTLS.
+  size_t pending_input() const { return in_.size() - in_off_; }
+  // Last error, e.g. "handshake: certificate verification failed: The
+  // certificate is not correctly signed by the trusted CA" or "handshake:
+  // origin supports only TLS 1.3 (mbedTLS 2.28 speaks TLS 1.2)".
+  const std::string& error_string() const { return err_; }
+  int last_mbedtls_error() const { return last_ret_; }
+  // Verification flags text for a failed client handshake ("" if none).
+  std::string verify_info() const;
+  // Negotiated ALPN (may be empty) and ciphersuite name.
+  std::string alpn() const;
+  std::string ciphersuite() const;
+
+  // Makes the memory BIO answer WANT_READ / WANT_WRITE on every other call,
+  // like mbedTLS's ssl_server2 nbio=2, so tests reach every resume path.
+  void set_flaky_bio_for_test(bool on) { flaky_ = on; }
+
+ private:
+  Session();
+  static int bio_send(void* ctx, const unsigned char* buf, size_t len);
+  static int bio_recv(void* ctx, unsigned char* buf, size_t len);
+  static int verify_ip(void* ctx, mbedtls_x509_crt* crt, int depth, uint32_t* flags);
+  bool flaky_skip();
+  Status set_error(int ret, const char* what);  // not "fail": CMocka defines that macro
+
+  mbedtls_ssl_context ssl_;
+  std::shared_ptr<const Leaf> leaf_;
+  std::vector<uint8_t> in_;
+  size_t in_off_ = 0;
+  std::vector<uint8_t> out_;
+  std::string err_;
+  int last_ret_ = 0;
+  bool done_ = false;
+  bool closed_ = false;
+  bool is_client_ = false;
+  uint8_t ip_[16] = {};  // the origin's IP literal, checked by verify_ip
+  size_t ip_len_ = 0;
+  bool flaky_ = false;
+  bool flaky_flip_ = false;
+};
+
+}  // namespace shoal::tls

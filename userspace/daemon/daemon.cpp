@@ -1,0 +1,661 @@
+#include "shoal/daemon/daemon.h"
+
+#include <cjson/cJSON.h>
+#include <grp.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "shoal/obs/log.h"
+#include "shoal/obs/metrics.h"
+#include "shoal/proxy/runtime.h"
+#include "shoal/proxy/worker.h"
+
+namespace shoal::daemon {
+
+bool parse_endpoint(const std::string& s, config::Endpoint* out) {
+  std::string host;
+  std::string port;
+  if (!s.empty() && s[0] == '[') {
+    auto close = s.find(']');
+    if (close == std::string::npos || close + 1 >= s.size() || s[close + 1] != ':') return false;
+    host = s.substr(1, close - 1);
+    port = s.substr(close + 2);
+  } else {
+    auto colon = s.rfind(':');
+    if (colon == std::string::npos) return false;
+    host = s.substr(0, colon);
+    port = s.substr(colon + 1);
+  }
+  if (host.empty()) host = "127.0.0.1";
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) return false;
+  unsigned long p = std::stoul(port);
+  if (p == 0 || p > 65535) return false;
+  sockaddr_in6 a6{};
+  sockaddr_in a4{};
+  if (uv_ip4_addr(host.c_str(), 0, &a4) != 0 && uv_ip6_addr(host.c_str(), 0, &a6) != 0) return false;
+  out->addr = host;
+  out->port = static_cast<uint16_t>(p);
+  return true;
+}
+
+config::LoadResult load_config(const Options& opts) {
+  config::LoadResult lr = opts.config_path.empty() ? config::load_embedded_default()
+                                                   : config::load_file(opts.config_path);
+  if (!lr.ok()) return lr;
+  auto c = std::make_shared<config::Config>(*lr.config);
+  const Overrides& o = opts.overrides;
+  if (o.data_dir) c->data_dir = *o.data_dir;
+  if (o.log_dir) c->log_dir = *o.log_dir;
+  if (o.admin_socket) c->admin_socket = *o.admin_socket;
+  if (o.proxy_listen) {
+    c->proxy_listen = *o.proxy_listen;
+    c->proxy_port_end = 0;
+  }
+  if (o.metrics_listen) c->metrics_listen = *o.metrics_listen;
+  if (o.workers) c->workers = *o.workers;
+  if (!c->proxy_listen.is_loopback() && !c->basic_auth && c->white_list.empty()) {
+    lr.diags.push_back({"<command line>", 0, 0, "proxy.tcpListen",
+                        "listening on non-loopback " + c->proxy_listen.addr +
+                            " needs proxy.basicAuth or proxy.whiteList (Shoal is not an open relay)",
+                        false});
+    lr.config = nullptr;
+    return lr;
+  }
+  lr.config = c;
+  return lr;
+}
+
+namespace {
+
+using obs::log_error;
+using obs::log_info;
+using obs::log_warn;
+
+std::string endpoint_str(const config::Endpoint& e) {
+  return e.addr.find(':') != std::string::npos ? "[" + e.addr + "]:" + std::to_string(e.port)
+                                               : e.addr + ":" + std::to_string(e.port);
+}
+
+int make_sockaddr(const config::Endpoint& e, sockaddr_storage* ss) {
+  if (uv_ip4_addr(e.addr.c_str(), e.port, reinterpret_cast<sockaddr_in*>(ss)) == 0) return 0;
+  return uv_ip6_addr(e.addr.c_str(), e.port, reinterpret_cast<sockaddr_in6*>(ss));
+}
+
+// SO_REUSEPORT lets a second daemon of the same user bind the same port and
+// silently split traffic; a plain bind probe first makes "in use" an error.
+bool port_free(const config::Endpoint& e, std::string* err) {
+  sockaddr_storage ss{};
+  if (make_sockaddr(e, &ss) != 0) {
+    *err = "not an IP address: " + e.addr;
+    return false;
+  }
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *err = std::string("socket: ") + strerror(errno);
+    return false;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  socklen_t len = ss.ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
+  bool ok = bind(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0;
+  if (!ok) *err = "cannot listen on " + endpoint_str(e) + ": " + strerror(errno);
+  close(fd);
+  return ok;
+}
+
+std::string make_peer_id() {
+  char host[256] = "localhost";
+  gethostname(host, sizeof host - 1);
+  std::random_device rd;
+  char rnd[20];
+  snprintf(rnd, sizeof rnd, "%08x%08x", rd(), rd());
+  return std::string(host) + "-" + std::to_string(getpid()) + "-" + rnd;
+}
+
+class Daemon;
+
+struct AdminConn {
+  uv_pipe_t pipe{};
+  Daemon* d = nullptr;
+  std::string in, out;
+  uv_write_t wr{};
+  bool answered = false;
+};
+
+struct MetricsConn {
+  uv_tcp_t tcp{};
+  Daemon* d = nullptr;
+  std::string in, out;
+  uv_write_t wr{};
+  bool answered = false;
+};
+
+class Daemon {
+ public:
+  explicit Daemon(Options opts) : opts_(std::move(opts)) {}
+  int run();
+
+ private:
+  int setup(std::string* err);
+  int setup_admin(std::string* err);
+  int setup_metrics(std::string* err);
+  void reload();
+  void begin_stop(const char* why);
+  void check_stop();
+  void finish();
+  std::string status_json();
+  void admin_request(AdminConn* c);
+  void metrics_request(MetricsConn* c);
+
+  static void on_signal(uv_signal_t* s, int signum);
+  static void on_admin_conn(uv_stream_t* server, int status);
+  static void on_metrics_conn(uv_stream_t* server, int status);
+
+  Options opts_;
+  uv_loop_t loop_{};
+  proxy::Shared shared_;
+  std::vector<std::unique_ptr<proxy::Worker>> workers_;
+  uv_signal_t sig_hup_{}, sig_usr1_{}, sig_term_{}, sig_int_{};
+  uv_pipe_t admin_{};
+  uv_tcp_t metrics_{};
+  uv_timer_t stop_timer_{};
+  bool admin_open_ = false, metrics_open_ = false, stopping_ = false, aborted_ = false, finished_ = false;
+  uint64_t start_ms_ = 0, stop_began_ms_ = 0;
+  uint64_t generation_ = 1;
+  std::shared_ptr<const config::Config> cfg_;
+  config::Endpoint proxy_ep_;
+  gid_t admin_gid_ = 0;
+  bool admin_gid_known_ = false;
+};
+
+int Daemon::run() {
+  uv_loop_init(&loop_);
+  start_ms_ = uv_now(&loop_);
+  std::string err;
+  int rc = setup(&err);
+  if (rc != 0) {
+    fprintf(stderr, "shoald: %s\n", err.c_str());
+    log_error("start failed").str("error", err);
+    for (auto& w : workers_) {
+      w->stop_accepting();
+      w->start();
+      w->join();
+    }
+    uv_walk(&loop_, [](uv_handle_t* h, void*) { if (!uv_is_closing(h)) uv_close(h, nullptr); }, nullptr);
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_loop_close(&loop_);
+    return rc;
+  }
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  for (auto& w : workers_) w->join();
+  log_info("shoald stopped").num("uptime_s", static_cast<int64_t>((uv_now(&loop_) - start_ms_) / 1000));
+  int r = uv_loop_close(&loop_);
+  if (r != 0) log_error("control loop not closed cleanly").str("error", uv_strerror(r));
+  obs::log_close();
+  return 0;
+}
+
+int Daemon::setup(std::string* err) {
+  config::LoadResult lr = load_config(opts_);
+  for (const auto& d : lr.diags) fprintf(stderr, "%s\n", d.str().c_str());
+  if (!lr.ok()) {
+    *err = "configuration has errors; not starting";
+    return 2;
+  }
+  cfg_ = lr.config;
+  std::string rerr;
+  auto rt = proxy::Runtime::build(cfg_, generation_, &rerr);
+  if (!rt) {
+    *err = "configuration cannot be used:\n" + rerr;
+    return 2;
+  }
+  if (!obs::log_open(cfg_->log_dir, err)) return 1;
+  obs::Level lvl;
+  if (obs::parse_level(cfg_->log_level, &lvl)) obs::log_set_level(lvl);
+  obs::log_set_stderr_copy(true);
+  for (const auto& d : lr.diags) log_warn("configuration").str("diag", d.str());
+  shared_.set_runtime(rt);
+  shared_.peer_id = make_peer_id();
+
+  // Listener: the first free port of a Dragonfly-style range.
+  proxy_ep_ = cfg_->proxy_listen;
+  uint16_t last = cfg_->proxy_port_end ? cfg_->proxy_port_end : proxy_ep_.port;
+  std::string perr;
+  bool found = false;
+  for (uint32_t p = proxy_ep_.port; p <= last; ++p) {
+    config::Endpoint e{proxy_ep_.addr, static_cast<uint16_t>(p)};
+    if (port_free(e, &perr)) {
+      proxy_ep_ = e;
+      found = true;
+      break;
+    }
+  }
+  if (!found) {
+    *err = perr;
+    return 1;
+  }
+  int n = cfg_->workers > 0 ? cfg_->workers : static_cast<int>(uv_available_parallelism());
+  if (n < 1) n = 1;
+  for (int i = 0; i < n; ++i) {
+    workers_.push_back(std::make_unique<proxy::Worker>(shared_, i));
+    int r = workers_.back()->listen(proxy_ep_.addr, proxy_ep_.port, err);
+    if (r != 0) return 1;
+  }
+  if (setup_admin(err) != 0) return 1;
+  if (setup_metrics(err) != 0) return 1;
+
+  uv_signal_init(&loop_, &sig_hup_);
+  uv_signal_init(&loop_, &sig_usr1_);
+  uv_signal_init(&loop_, &sig_term_);
+  uv_signal_init(&loop_, &sig_int_);
+  for (uv_signal_t* s : {&sig_hup_, &sig_usr1_, &sig_term_, &sig_int_}) s->data = this;
+  uv_signal_start(&sig_hup_, on_signal, SIGHUP);
+  uv_signal_start(&sig_usr1_, on_signal, SIGUSR1);
+  uv_signal_start(&sig_term_, on_signal, SIGTERM);
+  uv_signal_start(&sig_int_, on_signal, SIGINT);
+  signal(SIGPIPE, SIG_IGN);
+  uv_timer_init(&loop_, &stop_timer_);
+  stop_timer_.data = this;
+
+  for (auto& w : workers_) w->start();
+  log_info("shoald started")
+      .str("version", SHOAL_VERSION)
+      .str("config", cfg_->source)
+      .str("proxy", endpoint_str(proxy_ep_))
+      .str("metrics", endpoint_str(cfg_->metrics_listen))
+      .str("admin", cfg_->admin_socket)
+      .num("workers", n)
+      .boolean("hijack", cfg_->hijack)
+      .str("peer", shared_.peer_id);
+  fprintf(stderr,
+          "shoald %s: explicit proxy on %s, metrics on http://%s/metrics, admin socket %s, "
+          "%d workers, %s, log %s\n",
+          SHOAL_VERSION, endpoint_str(proxy_ep_).c_str(), endpoint_str(cfg_->metrics_listen).c_str(),
+          cfg_->admin_socket.c_str(), n,
+          cfg_->hijack ? "TLS interception on" : "TLS interception off (no hijackHTTPS CA)",
+          obs::log_path().c_str());
+  return 0;
+}
+
+// --- Admin socket -------------------------------------------------------------
+
+int Daemon::setup_admin(std::string* err) {
+  const std::string& path = cfg_->admin_socket;
+  auto slash = path.rfind('/');
+  if (slash != std::string::npos && slash > 0) {
+    std::string dir = path.substr(0, slash);
+    std::string cur;
+    for (size_t i = 0; i <= dir.size(); ++i) {
+      if (i == dir.size() || dir[i] == '/') {
+        if (!cur.empty() && mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) {
+          *err = "cannot create " + cur + " for the admin socket: " + strerror(errno);
+          return 1;
+        }
+      }
+      if (i < dir.size()) cur += dir[i];
+    }
+  }
+  // A socket file left by a dead daemon is removed; one that answers is not.
+  struct stat st{};
+  if (lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      *err = "admin socket path " + path + " exists and is not a socket";
+      return 1;
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path.c_str());
+    bool alive = connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0;
+    close(fd);
+    if (alive) {
+      *err = "another shoald answers on " + path + "; stop it or use --admin-socket";
+      return 1;
+    }
+    unlink(path.c_str());
+  }
+  uv_pipe_init(&loop_, &admin_, 0);
+  admin_.data = this;
+  admin_open_ = true;
+  int r = uv_pipe_bind(&admin_, path.c_str());
+  if (r == 0) r = uv_listen(reinterpret_cast<uv_stream_t*>(&admin_), 64, on_admin_conn);
+  if (r != 0) {
+    *err = "cannot listen on admin socket " + path + ": " + uv_strerror(r);
+    return 1;
+  }
+  if (group* g = getgrnam(cfg_->admin_group.c_str())) {
+    admin_gid_ = g->gr_gid;
+    admin_gid_known_ = true;
+    if (chown(path.c_str(), 0, g->gr_gid) != 0)
+      log_warn("cannot chown admin socket").str("path", path).str("error", strerror(errno));
+  }
+  chmod(path.c_str(), admin_gid_known_ ? 0660 : 0600);
+  return 0;
+}
+
+void Daemon::on_admin_conn(uv_stream_t* server, int status) {
+  auto* d = static_cast<Daemon*>(server->data);
+  if (status < 0) return;
+  auto* c = new AdminConn;
+  c->d = d;
+  uv_pipe_init(&d->loop_, &c->pipe, 0);
+  c->pipe.data = c;
+  auto close_cb = [](uv_handle_t* h) { delete static_cast<AdminConn*>(h->data); };
+  if (uv_accept(server, reinterpret_cast<uv_stream_t*>(&c->pipe)) != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&c->pipe), close_cb);
+    return;
+  }
+  // Only root and members of the admin group may talk to the daemon.
+  uv_os_fd_t fd;
+  uv_fileno(reinterpret_cast<uv_handle_t*>(&c->pipe), &fd);
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  bool allowed = false;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+    allowed = cred.uid == 0 || (d->admin_gid_known_ && cred.gid == d->admin_gid_);
+    if (!allowed && d->admin_gid_known_) {
+      if (passwd* pw = getpwuid(cred.uid)) {
+        int ng = 64;
+        std::vector<gid_t> groups(64);
+        if (getgrouplist(pw->pw_name, pw->pw_gid, groups.data(), &ng) >= 0) {
+          for (int i = 0; i < ng; ++i)
+            if (groups[static_cast<size_t>(i)] == d->admin_gid_) allowed = true;
+        }
+      }
+    }
+  }
+  if (!allowed) {
+    log_warn("admin connection refused").num("uid", cred.uid);
+    c->out = "{\"ok\":false,\"error\":\"permission denied: root or the admin group only\"}\n";
+    c->answered = true;
+    uv_buf_t b = uv_buf_init(c->out.data(), static_cast<unsigned>(c->out.size()));
+    c->wr.data = c;
+    uv_write(&c->wr, reinterpret_cast<uv_stream_t*>(&c->pipe), &b, 1, [](uv_write_t* w, int) {
+      auto* cc = static_cast<AdminConn*>(w->data);
+      uv_close(reinterpret_cast<uv_handle_t*>(&cc->pipe), [](uv_handle_t* h) { delete static_cast<AdminConn*>(h->data); });
+    });
+    return;
+  }
+  uv_read_start(
+      reinterpret_cast<uv_stream_t*>(&c->pipe),
+      [](uv_handle_t*, size_t, uv_buf_t* buf) {
+        static thread_local char b[4096];
+        *buf = uv_buf_init(b, sizeof b);
+      },
+      [](uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
+        auto* cc = static_cast<AdminConn*>(s->data);
+        if (cc->answered) return;
+        if (n < 0 || cc->in.size() > 64 * 1024) {
+          uv_close(reinterpret_cast<uv_handle_t*>(&cc->pipe), [](uv_handle_t* h) { delete static_cast<AdminConn*>(h->data); });
+          return;
+        }
+        cc->in.append(buf->base, static_cast<size_t>(n));
+        if (cc->in.find('\n') != std::string::npos) cc->d->admin_request(cc);
+      });
+}
+
+void Daemon::admin_request(AdminConn* c) {
+  c->answered = true;
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(&c->pipe));
+  std::string line = c->in.substr(0, c->in.find('\n'));
+  cJSON* req = cJSON_Parse(line.c_str());
+  const cJSON* cmd = req ? cJSON_GetObjectItemCaseSensitive(req, "cmd") : nullptr;
+  std::string name = cJSON_IsString(cmd) ? cmd->valuestring : "";
+  if (name == "status") {
+    c->out = status_json();
+  } else if (name == "reload") {
+    reload();
+    c->out = "{\"ok\":true}";
+  } else {
+    cJSON* o = cJSON_CreateObject();
+    cJSON_AddBoolToObject(o, "ok", false);
+    cJSON_AddStringToObject(o, "error", req ? ("unknown command: " + name).c_str() : "request is not JSON");
+    char* t = cJSON_PrintUnformatted(o);
+    c->out = t;
+    cJSON_free(t);
+    cJSON_Delete(o);
+  }
+  cJSON_Delete(req);
+  c->out += "\n";
+  uv_buf_t b = uv_buf_init(c->out.data(), static_cast<unsigned>(c->out.size()));
+  c->wr.data = c;
+  uv_write(&c->wr, reinterpret_cast<uv_stream_t*>(&c->pipe), &b, 1, [](uv_write_t* w, int) {
+    auto* cc = static_cast<AdminConn*>(w->data);
+    uv_close(reinterpret_cast<uv_handle_t*>(&cc->pipe), [](uv_handle_t* h) { delete static_cast<AdminConn*>(h->data); });
+  });
+}
+
+std::string Daemon::status_json() {
+  auto rt = shared_.runtime();
+  cJSON* o = cJSON_CreateObject();
+  cJSON_AddBoolToObject(o, "ok", true);
+  cJSON_AddStringToObject(o, "version", SHOAL_VERSION);
+  cJSON_AddNumberToObject(o, "pid", getpid());
+  cJSON_AddNumberToObject(o, "uptime_s", static_cast<double>(uv_now(&loop_) - start_ms_) / 1000.0);
+  cJSON_AddStringToObject(o, "config", rt->cfg->source.c_str());
+  cJSON_AddStringToObject(o, "peer", shared_.peer_id.c_str());
+  cJSON_AddStringToObject(o, "mode", "explicit");
+  cJSON_AddBoolToObject(o, "stopping", stopping_);
+  cJSON_AddNumberToObject(o, "workers", static_cast<double>(workers_.size()));
+  cJSON_AddBoolToObject(o, "hijack", rt->ca != nullptr);
+  cJSON_AddNumberToObject(o, "rules", static_cast<double>(rt->cfg->rules.size()));
+  cJSON_AddNumberToObject(o, "hijack_hosts", static_cast<double>(rt->cfg->hijack_hosts.size()));
+  cJSON* ls = cJSON_AddArrayToObject(o, "listeners");
+  auto add_l = [&](const char* kind, const std::string& addr) {
+    cJSON* l = cJSON_CreateObject();
+    cJSON_AddStringToObject(l, "kind", kind);
+    cJSON_AddStringToObject(l, "address", addr.c_str());
+    cJSON_AddItemToArray(ls, l);
+  };
+  add_l("proxy", endpoint_str(proxy_ep_));
+  add_l("metrics", endpoint_str(cfg_->metrics_listen));
+  add_l("admin", cfg_->admin_socket);
+  cJSON_AddNumberToObject(o, "connections_active", static_cast<double>(shared_.active()));
+  cJSON* counters = cJSON_AddObjectToObject(o, "counters");
+  for (const auto& kv : obs::metrics().snapshot()) cJSON_AddNumberToObject(counters, kv.first.c_str(), kv.second);
+  char* t = cJSON_PrintUnformatted(o);
+  std::string s = t;
+  cJSON_free(t);
+  cJSON_Delete(o);
+  return s;
+}
+
+// --- Metrics endpoint ------------------------------------------------------------
+
+int Daemon::setup_metrics(std::string* err) {
+  sockaddr_storage ss{};
+  if (make_sockaddr(cfg_->metrics_listen, &ss) != 0) {
+    *err = "metrics address is not an IP: " + cfg_->metrics_listen.addr;
+    return 1;
+  }
+  uv_tcp_init(&loop_, &metrics_);
+  metrics_.data = this;
+  metrics_open_ = true;
+  int r = uv_tcp_bind(&metrics_, reinterpret_cast<sockaddr*>(&ss), 0);
+  if (r == 0) r = uv_listen(reinterpret_cast<uv_stream_t*>(&metrics_), 64, on_metrics_conn);
+  if (r != 0) {
+    *err = "cannot listen on metrics " + endpoint_str(cfg_->metrics_listen) + ": " + uv_strerror(r);
+    return 1;
+  }
+  return 0;
+}
+
+void Daemon::on_metrics_conn(uv_stream_t* server, int status) {
+  auto* d = static_cast<Daemon*>(server->data);
+  if (status < 0) return;
+  auto* c = new MetricsConn;
+  c->d = d;
+  uv_tcp_init(&d->loop_, &c->tcp);
+  c->tcp.data = c;
+  if (uv_accept(server, reinterpret_cast<uv_stream_t*>(&c->tcp)) != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), [](uv_handle_t* h) { delete static_cast<MetricsConn*>(h->data); });
+    return;
+  }
+  uv_read_start(
+      reinterpret_cast<uv_stream_t*>(&c->tcp),
+      [](uv_handle_t*, size_t, uv_buf_t* buf) {
+        static thread_local char b[4096];
+        *buf = uv_buf_init(b, sizeof b);
+      },
+      [](uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
+        auto* cc = static_cast<MetricsConn*>(s->data);
+        if (cc->answered) return;
+        if (n < 0 || cc->in.size() > 16 * 1024) {
+          uv_close(reinterpret_cast<uv_handle_t*>(&cc->tcp), [](uv_handle_t* h) { delete static_cast<MetricsConn*>(h->data); });
+          return;
+        }
+        cc->in.append(buf->base, static_cast<size_t>(n));
+        if (cc->in.find("\r\n\r\n") != std::string::npos || cc->in.find("\n\n") != std::string::npos)
+          cc->d->metrics_request(cc);
+      });
+}
+
+void Daemon::metrics_request(MetricsConn* c) {
+  c->answered = true;
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(&c->tcp));
+  std::string first = c->in.substr(0, c->in.find_first_of("\r\n"));
+  std::string body, ctype = "text/plain; charset=utf-8";
+  int status = 200;
+  const char* reason = "OK";
+  bool get = first.rfind("GET ", 0) == 0, head = first.rfind("HEAD ", 0) == 0;
+  std::string target = first.substr(first.find(' ') + 1);
+  target = target.substr(0, target.find(' '));
+  if (!get && !head) {
+    status = 405;
+    reason = "Method Not Allowed";
+    body = "the metrics endpoint is read-only: GET /metrics\n";
+  } else if (target == "/metrics") {
+    body = obs::metrics().render();
+    ctype = "text/plain; version=0.0.4; charset=utf-8";
+  } else if (target == "/healthz") {
+    body = stopping_ ? "stopping\n" : "ok\n";
+    if (stopping_) {
+      status = 503;
+      reason = "Service Unavailable";
+    }
+  } else {
+    status = 404;
+    reason = "Not Found";
+    body = "not found: try /metrics\n";
+  }
+  c->out = "HTTP/1.1 " + std::to_string(status) + " " + reason + "\r\nContent-Type: " + ctype +
+            "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
+  if (!head) c->out += body;
+  uv_buf_t b = uv_buf_init(c->out.data(), static_cast<unsigned>(c->out.size()));
+  c->wr.data = c;
+  uv_write(&c->wr, reinterpret_cast<uv_stream_t*>(&c->tcp), &b, 1, [](uv_write_t* w, int) {
+    auto* cc = static_cast<MetricsConn*>(w->data);
+    uv_close(reinterpret_cast<uv_handle_t*>(&cc->tcp), [](uv_handle_t* h) { delete static_cast<MetricsConn*>(h->data); });
+  });
+}
+
+// --- Signals, reload, stop ---------------------------------------------------
+
+void Daemon::on_signal(uv_signal_t* s, int signum) {
+  auto* d = static_cast<Daemon*>(s->data);
+  if (signum == SIGHUP) {
+    d->reload();
+  } else if (signum == SIGUSR1) {
+    std::string err;
+    if (!obs::log_reopen(&err)) {
+      fprintf(stderr, "shoald: cannot reopen log: %s\n", err.c_str());
+    } else {
+      log_info("log reopened");
+    }
+  } else {
+    d->begin_stop(signum == SIGTERM ? "SIGTERM" : "SIGINT");
+  }
+}
+
+void Daemon::reload() {
+  log_info("reloading configuration").str("config", opts_.config_path.empty() ? "<embedded default>" : opts_.config_path);
+  config::LoadResult lr = load_config(opts_);
+  for (const auto& d : lr.diags) (d.warning ? log_warn("configuration") : log_error("configuration")).str("diag", d.str());
+  if (!lr.ok()) {
+    log_error("reload failed; keeping the running configuration").str("errors", lr.errors_text());
+    return;
+  }
+  std::string err;
+  auto rt = proxy::Runtime::build(lr.config, ++generation_, &err);
+  if (!rt) {
+    log_error("reload failed; keeping the running configuration").str("errors", err);
+    return;
+  }
+  const auto& n = *lr.config;
+  if (n.proxy_listen.addr != cfg_->proxy_listen.addr || n.proxy_listen.port != cfg_->proxy_listen.port ||
+      n.metrics_listen.port != cfg_->metrics_listen.port || n.admin_socket != cfg_->admin_socket ||
+      n.workers != cfg_->workers || n.log_dir != cfg_->log_dir)
+    log_warn("listener, worker and log directory changes take effect at the next restart");
+  obs::Level lvl;
+  if (obs::parse_level(n.log_level, &lvl)) obs::log_set_level(lvl);
+  shared_.set_runtime(rt);
+  log_info("configuration reloaded").num("generation", static_cast<int64_t>(generation_));
+}
+
+void Daemon::begin_stop(const char* why) {
+  if (stopping_) {
+    // A second signal: do not wait for the grace period.
+    if (!aborted_) {
+      aborted_ = true;
+      log_warn("second stop signal: resetting remaining connections");
+      for (auto& w : workers_) w->abort_all();
+    }
+    return;
+  }
+  stopping_ = true;
+  stop_began_ms_ = uv_now(&loop_);
+  size_t active = 0;
+  for (auto& w : workers_) active += w->conn_count();
+  log_info("stopping").str("signal", why).num("connections", static_cast<int64_t>(active)).dbl("grace_s", cfg_->shutdown_grace_s);
+  for (auto& w : workers_) w->stop_accepting();
+  uv_timer_start(&stop_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->check_stop(); }, 50, 50);
+}
+
+void Daemon::check_stop() {
+  size_t active = 0;
+  for (auto& w : workers_) active += w->conn_count();
+  if (active == 0) {
+    finish();
+    return;
+  }
+  uint64_t elapsed = uv_now(&loop_) - stop_began_ms_;
+  if (!aborted_ && static_cast<double>(elapsed) >= cfg_->shutdown_grace_s * 1000.0) {
+    aborted_ = true;
+    log_warn("grace period over: resetting remaining connections").num("connections", static_cast<int64_t>(active));
+    for (auto& w : workers_) w->abort_all();
+  }
+}
+
+void Daemon::finish() {
+  if (finished_) return;
+  finished_ = true;
+  uv_timer_stop(&stop_timer_);
+  uv_close(reinterpret_cast<uv_handle_t*>(&stop_timer_), nullptr);
+  for (uv_signal_t* s : {&sig_hup_, &sig_usr1_, &sig_term_, &sig_int_}) uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
+  if (admin_open_) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&admin_), nullptr);
+    unlink(cfg_->admin_socket.c_str());
+  }
+  if (metrics_open_) uv_close(reinterpret_cast<uv_handle_t*>(&metrics_), nullptr);
+}
+
+}  // namespace
+
+int run(const Options& opts) {
+  Daemon d(opts);
+  return d.run();
+}
+
+}  // namespace shoal::daemon

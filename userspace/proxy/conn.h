@@ -1,0 +1,211 @@
+// Conn: one client connection on the explicit proxy listener, from accept to
+// the last close callback. Internal to the proxy module.
+//
+//            accept
+//              │
+//              ▼
+//   ┌──── Http (plain HTTP/1.1 from the client) ◄────────────────┐
+//   │          │ CONNECT host:port                              │ keep-alive
+//   │          ├── not hijacked ──► Dialing ──► Tunnel ──► close │
+//   │          └── hijacked ──► "200" ──► PeekHello ─┬─ not TLS ─► Dialing ─► Tunnel
+//   │                                                ▼
+//   │                               Minting (leaf cache miss, thread pool)
+//   │                                                ▼
+//   │                               Handshake ──► HttpTls (decrypted HTTP/1.1)
+//   │ absolute-URI or /v2/… request (both Http and HttpTls):
+//   └─► exchange: rule → route (direct | p2p) → upstream (reused per
+//       host:port:tls) → request head/body up, response back, then the next
+//       request (keep-alive) or close.
+//
+// Ownership: the Worker's intrusive list holds every live Conn. A Conn frees
+// itself when its client handle, its timer and every Upstream handle it
+// closed have run their close callbacks and no thread-pool job (leaf
+// minting) refers to it. Upstream objects are owned by the Conn until
+// released; a released Upstream frees itself after its own close callback
+// and never calls back into the Conn.
+// Backpressure: one uv_write in flight per side; a side is read only while
+// the side its bytes go to has nothing queued, so memory per connection is
+// bounded by a few 64 KiB buffers plus the TLS contexts, whatever the size
+// of the object in transit.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "shoal/http/http.h"
+#include "shoal/proxy/runtime.h"
+#include "shoal/proxy/worker.h"
+#include "shoal/tls/client_hello.h"
+#include "shoal/tls/session.h"
+
+namespace shoal::proxy {
+
+class Conn;
+
+// One TCP socket, optionally with TLS, and its write queue.
+struct Side {
+  uv_tcp_t tcp{};
+  std::unique_ptr<tls::Session> tls;
+  std::vector<char> wbuf;   // bytes of the uv_write in flight
+  std::vector<char> queue;  // bytes waiting for the next uv_write
+  uv_write_t wreq{};
+  uv_shutdown_t sreq{};
+  bool inited = false;
+  bool reading = false;
+  bool wpending = false;
+  bool eof = false;       // the peer sent FIN
+  bool shut = false;      // we sent FIN
+  bool want_shut = false; // send FIN once the queue is flushed
+  uint64_t bytes_in = 0, bytes_out = 0;
+  bool busy() const { return wpending || !queue.empty(); }
+};
+
+struct Upstream {
+  enum class St { Resolving, Connecting, Handshaking, Ready, Closed };
+  Conn* conn = nullptr;  // null once released
+  Worker* w = nullptr;
+  Side side;
+  std::string host;
+  uint16_t port = 0;
+  bool use_tls = false;
+  St st = St::Resolving;
+  uv_getaddrinfo_t gai{};
+  uv_connect_t creq{};
+  bool gai_pending = false;
+  bool connect_pending = false;
+  std::vector<char> early;  // plaintext queued before Ready
+  std::shared_ptr<tls::ClientConfig> tls_cfg;
+  std::unique_ptr<http::Parser> parser;  // responses
+  bool busy_exchange = false;            // a request is outstanding
+  std::string fail_reason;
+  void release();  // detach from the Conn and close; frees itself
+};
+
+class Conn : public http::Handler {
+ public:
+  enum class Mode { Http, Dialing, PeekHello, Minting, Handshake, HttpTls, Tunnel, Closing };
+
+  Conn(Worker& w, std::shared_ptr<const Runtime> rt);
+  ~Conn() override;
+  // Takes the accepted socket; returns false (and the Conn frees itself) on failure.
+  bool start(uv_stream_t* server);
+  void drain();           // daemon stops: close when idle, no more keep-alive
+  void abort();           // reset now
+  Conn* next = nullptr;   // Worker's intrusive list
+  Conn* prev = nullptr;
+
+  // http::Handler for the client's requests.
+  int on_head(http::MessageHead& head) override;
+  int on_body(const char* data, size_t len) override;
+  int on_message_complete() override;
+
+  // Called by Upstream callbacks.
+  void upstream_ready(Upstream* u);
+  void upstream_failed(Upstream* u, const std::string& why);
+  void upstream_data(Upstream* u, const char* data, size_t n);
+  void upstream_eof(Upstream* u);
+  void write_done(Side* s, int status);
+  void handle_closed();
+
+ private:
+  struct ResponseHandler;  // http::Handler for the upstream's responses
+  friend struct ResponseHandler;
+  friend struct Upstream;
+
+  struct Exchange {
+    bool active = false;
+    std::string method, host, path, url, route;
+    uint16_t port = 0;
+    bool https = false;
+    bool req_chunked = false, req_done = false;
+    bool head_only = false;
+    bool client_keep_alive = true;
+    bool resp_head_sent = false, resp_done = false;
+    bool out_chunked = false, out_until_close = false;
+    bool informational = false;
+    bool http10 = false;
+    bool up_keep_alive = true;
+    bool logged = false;
+    int status = 0;
+    uint64_t resp_bytes = 0;
+    uint64_t start_ms = 0;
+  };
+
+  static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
+  static void on_client_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
+  static void on_timer(uv_timer_t* t);
+
+  void client_bytes(const char* data, size_t n);
+  void client_plain(const char* data, size_t n);
+  void drain_client_tls();
+  void client_eof();
+  void handle_connect_target();
+  void try_peek();
+  void begin_hijack();
+  void start_handshake(std::shared_ptr<const tls::Leaf> leaf);
+  void continue_handshake();
+  bool start_exchange(http::MessageHead& head);
+  Upstream* get_upstream(const std::string& host, uint16_t port, bool use_tls);
+  void send_upstream(const char* data, size_t n);
+  void send_client(const char* data, size_t n);
+  void send_client_body(const char* data, size_t n);
+  void finish_exchange();
+  void after_exchange();
+  void graceful_close();
+  void resp_parse(Upstream* u, const char* data, size_t n);
+  void start_tunnel();
+  void respond_error(int status, const std::string& msg, const std::vector<http::Header>& extra = {});
+  void fail_exchange(int status, const std::string& why);
+  void log_exchange();
+  void update_reads();
+  void flush(Side& s);
+  void maybe_shutdown(Side& s);
+  void close_all(bool reset);
+  void close_side(Side& s, bool reset);
+  void touch();
+  void arm_timer(double seconds);
+  bool check_auth(const http::MessageHead& head);
+  void maybe_free();
+  uint64_t now_ms() const;
+
+  Worker& w_;
+  std::shared_ptr<const Runtime> rt_;
+  Mode mode_ = Mode::Http;
+  Side client_;
+  uv_timer_t timer_{};
+  bool timer_inited_ = false;
+  int open_handles_ = 0;
+  int pending_jobs_ = 0;
+  bool closing_ = false;
+  bool admitted_ = false;
+  bool close_after_flush_ = false;
+  bool draining_ = false;
+  bool after_exchange_pending_ = false;
+  bool resume_parser_pending_ = false;
+  http::Parser req_parser_;
+  std::unique_ptr<ResponseHandler> resp_handler_;
+  std::vector<char> client_pending_;  // plaintext from the client not yet parsed
+  std::vector<char> hello_;           // bytes after CONNECT, before TLS starts
+  Upstream* up_ = nullptr;
+  Exchange ex_;
+  // CONNECT target.
+  std::string connect_host_;
+  uint16_t connect_port_ = 0;
+  uint64_t connect_start_ms_ = 0;
+  bool hijacked_ = false;
+  bool connect_requested_ = false;
+  bool cb_abort_ = false;  // a callback already answered the client
+  int connect_status_ = 0;
+  std::string connect_error_;
+  std::string connect_target_;
+  std::string sni_;
+  double timeout_s_ = 0;
+  uint64_t last_activity_ms_ = 0;
+  std::string peer_addr_;
+};
+
+}  // namespace shoal::proxy

@@ -1,0 +1,191 @@
+#include "shoal/proxy/worker.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "conn.h"
+#include "shoal/obs/log.h"
+
+namespace shoal::proxy {
+
+bool Shared::admit(int64_t limit) {
+  int64_t now = active_.fetch_add(1) + 1;
+  if (limit > 0 && now > limit) {
+    active_.fetch_sub(1);
+    return false;
+  }
+  return true;
+}
+
+void Shared::release() { active_.fetch_sub(1); }
+
+Worker::Worker(Shared& shared, int index)
+    : shared_(shared),
+      index_(index),
+      read_buf_(new char[kReadBufferSize]),
+      plain_buf_(new uint8_t[kPlainBufferSize]) {
+  uv_loop_init(&loop_);
+  uv_async_init(&loop_, &async_, on_async);
+  async_.data = this;
+  server_cfg_ = std::make_unique<tls::ServerConfig>(&rng_);
+}
+
+Worker::~Worker() {
+  for (auto* t : listeners_) delete t;
+}
+
+int Worker::listen(const std::string& addr, uint16_t port, std::string* err) {
+  sockaddr_storage ss{};
+  int family = AF_INET;
+  if (uv_ip4_addr(addr.c_str(), port, reinterpret_cast<sockaddr_in*>(&ss)) != 0) {
+    if (uv_ip6_addr(addr.c_str(), port, reinterpret_cast<sockaddr_in6*>(&ss)) != 0) {
+      *err = "not an IP address: " + addr;
+      return UV_EINVAL;
+    }
+    family = AF_INET6;
+  }
+  auto* t = new uv_tcp_t;
+  int r = uv_tcp_init_ex(&loop_, t, static_cast<unsigned>(family));
+  if (r != 0) {
+    delete t;
+    *err = std::string("socket: ") + uv_strerror(r);
+    return r;
+  }
+  t->data = this;
+  // libuv 1.44 has no UV_TCP_REUSEPORT: set it on the descriptor before bind
+  // so every worker gets its own accept queue on the same port.
+  uv_os_fd_t fd;
+  uv_fileno(reinterpret_cast<uv_handle_t*>(t), &fd);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  r = uv_tcp_bind(t, reinterpret_cast<sockaddr*>(&ss), 0);
+  if (r == 0) r = uv_listen(reinterpret_cast<uv_stream_t*>(t), 1024, on_connection);
+  if (r != 0) {
+    *err = "cannot listen on " + addr + ":" + std::to_string(port) + ": " + uv_strerror(r);
+    uv_close(reinterpret_cast<uv_handle_t*>(t), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+    uv_run(&loop_, UV_RUN_NOWAIT);
+    return r;
+  }
+  listeners_.push_back(t);
+  return 0;
+}
+
+void Worker::start() {
+  thread_ = std::thread([this] {
+    uv_run(&loop_, UV_RUN_DEFAULT);
+  });
+}
+
+void Worker::join() {
+  if (thread_.joinable()) thread_.join();
+  uv_run(&loop_, UV_RUN_NOWAIT);
+  int r = uv_loop_close(&loop_);
+  if (r != 0) obs::log_error("worker loop not closed cleanly").num("worker", index_).str("error", uv_strerror(r));
+}
+
+void Worker::post(std::function<void()> fn) {
+  std::lock_guard<std::mutex> lk(post_mu_);
+  if (async_closed_) return;
+  posted_.push_back(std::move(fn));
+  uv_async_send(&async_);
+}
+
+void Worker::on_async(uv_async_t* a) {
+  auto* w = static_cast<Worker*>(a->data);
+  std::vector<std::function<void()>> fns;
+  {
+    std::lock_guard<std::mutex> lk(w->post_mu_);
+    fns.swap(w->posted_);
+  }
+  for (auto& fn : fns) fn();
+}
+
+void Worker::stop_accepting() {
+  post([this] {
+    draining_ = true;
+    for (auto* t : listeners_) {
+      uv_close(reinterpret_cast<uv_handle_t*>(t), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+    }
+    listeners_.clear();
+    // drain() may free the Conn: step with a saved next pointer.
+    for (Conn* c = conns_; c;) {
+      Conn* next = c->next;
+      c->drain();
+      c = next;
+    }
+    maybe_finish();
+  });
+}
+
+void Worker::abort_all() {
+  post([this] {
+    for (Conn* c = conns_; c;) {
+      Conn* next = c->next;
+      c->abort();
+      c = next;
+    }
+    maybe_finish();
+  });
+}
+
+void Worker::maybe_finish() {
+  if (!draining_ || conns_ != nullptr) return;
+  std::lock_guard<std::mutex> lk(post_mu_);
+  if (async_closed_) return;
+  async_closed_ = true;
+  uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+}
+
+void Worker::on_connection(uv_stream_t* server, int status) {
+  auto* w = static_cast<Worker*>(server->data);
+  if (status < 0) {
+    obs::log_warn("accept failed").str("error", uv_strerror(status));
+    return;
+  }
+  auto* c = new Conn(*w, w->runtime());
+  c->start(server);
+}
+
+std::shared_ptr<const Runtime> Worker::runtime() {
+  auto rt = shared_.runtime();
+  if (rt != rt_) {
+    std::string err;
+    if (!rt->prepare_scratch(scratch_, &err))
+      obs::log_error("cannot allocate Hyperscan scratch").num("worker", index_).str("error", err);
+    rt_ = rt;
+    client_cfgs_.clear();  // live connections keep theirs through shared_ptr
+  }
+  return rt;
+}
+
+std::shared_ptr<tls::ClientConfig> Worker::client_config(const TrustChoice& trust) {
+  auto key = std::make_pair(static_cast<const tls::TrustStore*>(trust.store.get()), trust.insecure);
+  auto it = client_cfgs_.find(key);
+  if (it != client_cfgs_.end()) return it->second.cfg;
+  auto cfg = std::make_shared<tls::ClientConfig>(&rng_, trust.store.get(), trust.insecure);
+  client_cfgs_[key] = CachedClientConfig{trust.store, cfg};
+  return cfg;
+}
+
+void Worker::add_conn(Conn* c) {
+  c->next = conns_;
+  c->prev = nullptr;
+  if (conns_) conns_->prev = c;
+  conns_ = c;
+  conn_count_.fetch_add(1);
+}
+
+void Worker::remove_conn(Conn* c) {
+  if (c->prev) c->prev->next = c->next;
+  else conns_ = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->next = c->prev = nullptr;
+  conn_count_.fetch_sub(1);
+  maybe_finish();
+}
+
+}  // namespace shoal::proxy
