@@ -312,7 +312,7 @@ struct Conn::ResponseHandler : http::Handler {
 Conn::Conn(Worker& w, std::shared_ptr<const Runtime> rt)
     : w_(w),
       rt_(std::move(rt)),
-      req_parser_(http::Parser::Kind::Request, this),
+      req_parser_(std::make_unique<http::Parser>(http::Parser::Kind::Request, this)),
       resp_handler_(new ResponseHandler(this)) {}
 
 Conn::~Conn() = default;
@@ -422,15 +422,15 @@ void Conn::client_bytes(const char* data, size_t n) {
 }
 
 void Conn::client_plain(const char* data, size_t n) {
-  if ((ex_.active && ex_.req_done) || req_parser_.paused() || after_exchange_pending_) {
+  if ((ex_.active && ex_.req_done) || req_parser_->paused() || after_exchange_pending_) {
     append(client_pending_, data, n);
     return;
   }
-  size_t used = req_parser_.feed(data, n);
+  size_t used = req_parser_->feed(data, n);
   if (closing_ || cb_abort_) return;
-  if (req_parser_.error() != http::Error::None) {
-    http::Error e = req_parser_.error();
-    respond_error(http::status_for(e), std::string(http::to_string(e)) + ": " + req_parser_.error_detail());
+  if (req_parser_->error() != http::Error::None) {
+    http::Error e = req_parser_->error();
+    respond_error(http::status_for(e), std::string(http::to_string(e)) + ": " + req_parser_->error_detail());
     return;
   }
   if (used < n) append(client_pending_, data + used, n - used);
@@ -445,7 +445,7 @@ void Conn::client_plain(const char* data, size_t n) {
 void Conn::drain_client_tls() {
   uint8_t* buf = w_.plain_buffer();
   while (!closing_ && mode_ == Mode::HttpTls) {
-    if ((ex_.active && ex_.req_done) || req_parser_.paused() || after_exchange_pending_) break;
+    if ((ex_.active && ex_.req_done) || req_parser_->paused() || after_exchange_pending_) break;
     size_t n = 0;
     tls::Status st = client_.tls->read(buf, Worker::kPlainBufferSize, &n);
     append_tls_output(client_);  // alerts, or a renegotiation refusal
@@ -575,13 +575,13 @@ int Conn::on_body(const char* data, size_t len) {
 
 int Conn::on_message_complete() {
   if (connect_requested_) {
-    req_parser_.pause();
+    req_parser_->pause();
     return 0;
   }
   if (!ex_.active) return 0;
   if (ex_.req_chunked) send_upstream("0\r\n\r\n", 5);
   ex_.req_done = true;
-  req_parser_.pause();
+  req_parser_->pause();
   return 0;
 }
 
@@ -717,6 +717,9 @@ void Conn::continue_handshake() {
   if (st == tls::Status::WantRead) return;
   if (st == tls::Status::Ok) {
     mode_ = Mode::HttpTls;
+    // The CONNECT request's parser has switched to tunnel mode; requests
+    // inside TLS start a fresh HTTP/1.1 stream.
+    req_parser_ = std::make_unique<http::Parser>(http::Parser::Kind::Request, this);
     arm_timer(rt_->cfg->idle_timeout_s);
     drain_client_tls();
     return;
@@ -1136,7 +1139,7 @@ void Conn::after_exchange() {
   }
   ex_.active = false;
   arm_timer(rt_->cfg->idle_timeout_s);
-  req_parser_.resume();
+  req_parser_->resume();
   if (!client_pending_.empty()) {
     std::vector<char> pending;
     pending.swap(client_pending_);
@@ -1278,7 +1281,7 @@ void Conn::update_reads() {
   switch (mode_) {
     case Mode::Http:
     case Mode::HttpTls:
-      want_client = !close_after_flush_ && !client_.eof && !req_parser_.paused() &&
+      want_client = !close_after_flush_ && !client_.eof && !req_parser_->paused() &&
                     !(ex_.active && ex_.req_done) && !after_exchange_pending_;
       if (want_client && ex_.active && up_) {
         // A request body is flowing: read only what the origin can take.
@@ -1340,7 +1343,7 @@ void Conn::on_timer(uv_timer_t* t) {
       if (c->ex_.active) {
         bool connecting = !c->up_ || c->up_->st != Upstream::St::Ready;
         c->fail_exchange(504, connecting ? "timed out connecting to the origin" : "origin stalled (idle timeout)");
-      } else if (c->req_parser_.in_message()) {
+      } else if (c->req_parser_->in_message()) {
         c->respond_error(408, "request header timeout");
       } else {
         c->graceful_close();

@@ -186,7 +186,7 @@ class Conn : public http::Handler {
   bool draining_ = false;
   bool after_exchange_pending_ = false;
   bool resume_parser_pending_ = false;
-  http::Parser req_parser_;
+  std::unique_ptr<http::Parser> req_parser_;  // replaced when TLS starts inside CONNECT
   std::unique_ptr<ResponseHandler> resp_handler_;
   std::vector<char> client_pending_;  // plaintext from the client not yet parsed
   std::vector<char> hello_;           // bytes after CONNECT, before TLS starts

@@ -136,9 +136,10 @@ LoadResult load_embedded_default();
 // engine, and the hijack CA loads (files readable, key matches certificate,
 // certificate is a CA, key not readable by group/other). Appends one error
 // per problem, positioned at the offending value (the CA's at
-// hijackHTTPS.cert). load_file/load_string call it when validation found no
-// error; call it yourself only for a Config built another way. Thread-safe;
-// does file I/O.
+// hijackHTTPS.cert). load_file/load_string call it whenever the YAML parsed
+// (the Config then holds only values that passed their own checks), so its
+// errors arrive with the rest; call it yourself only for a Config built
+// another way. Thread-safe; does file I/O.
 void check_resources(const Config& config, std::vector<Diag>* out);
 
 }  // namespace shoal::config

@@ -26,17 +26,17 @@ constexpr std::chrono::hours kMaxLeafValidity{24 * 7};
 constexpr std::chrono::hours kLeafRenewBefore{24};
 
 // Cache key and Leaf::name form of a host: lower-cased, IPv6 brackets
-// ("[::1]") stripped. Pure; any thread.
+// ("[::1]") or one final dot ("host.") stripped. Pure; any thread.
 std::string normalize_name(const std::string& host);
 
 // Parses an IPv4 dotted quad or an IPv6 literal (brackets allowed) into
 // network-order bytes; *len becomes 4 or 16. False for anything else.
 bool parse_ip_literal(const std::string& host, uint8_t out[16], size_t* len);
 
-// Finds the v3 extension with the given DER OID (e.g. MBEDTLS_OID_SUBJECT_ALT_NAME,
-// MBEDTLS_OID_SIZE) in crt and points *val/*len at its extnValue contents
-// (inside crt's own buffer). False when absent or when the extensions are
-// not well-formed DER.
+// Finds the v3 extension whose OID is the DER bytes oid[0..oid_len) (e.g.
+// MBEDTLS_OID_SUBJECT_ALT_NAME, MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME))
+// and points *val/*len at its extnValue contents, inside crt's own buffer.
+// False when absent or when the extensions are not well-formed DER.
 bool find_extension(const mbedtls_x509_crt& crt, const char* oid, size_t oid_len,
                     const unsigned char** val, size_t* len);
 
@@ -68,8 +68,7 @@ class CertAuthority {
   // and a key file readable or writable by group or other (unless
   // allow_loose_key_mode). Returns nullptr and sets *err on failure.
   static std::unique_ptr<CertAuthority> load(const std::string& cert_path,
-                                             const std::string& key_path,
-                                             std::string* err,
+                                             const std::string& key_path, std::string* err,
                                              bool allow_loose_key_mode = false);
 
   // Mints a leaf for name (a DNS name, or an IPv4/IPv6 literal which gets an
@@ -111,9 +110,9 @@ class CertAuthority {
 class LeafCache {
  public:
   explicit LeafCache(size_t capacity = 1024);
-  std::shared_ptr<const Leaf> get(const std::string& name,
-                                  std::chrono::system_clock::time_point now =
-                                      std::chrono::system_clock::now());
+  std::shared_ptr<const Leaf> get(
+      const std::string& name,
+      std::chrono::system_clock::time_point now = std::chrono::system_clock::now());
   void put(std::shared_ptr<const Leaf> leaf);
   size_t size() const;
   void clear();

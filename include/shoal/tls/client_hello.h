@@ -22,9 +22,9 @@ const char* to_string(PeekStatus s);
 constexpr size_t kMaxClientHelloBytes = 16 * 1024 + 5;
 
 struct ClientHelloInfo {
-  std::string sni;                  // lower-cased host_name, empty when absent
-  std::vector<std::string> alpn;    // protocols offered, in order
-  uint16_t legacy_version = 0;      // e.g. 0x0303
+  std::string sni;                // lower-cased host_name without a final dot; empty when absent
+  std::vector<std::string> alpn;  // protocols offered, in order
+  uint16_t legacy_version = 0;    // e.g. 0x0303
   // supported_versions lists 0x0303 when the extension is present (it is
   // authoritative: a TLS 1.3-only client also sends legacy_version 0x0303),
   // else legacy_version >= 0x0303.

@@ -33,6 +33,7 @@ class Rng {
   // f_rng for mbedTLS; p_rng is the Rng*. Any length (CTR-DRBG's 1 KiB
   // per-request limit is looped over).
   static int random(void* p_rng, unsigned char* out, size_t len);
+
  private:
   mbedtls_entropy_context entropy_;
   mbedtls_ctr_drbg_context drbg_;
@@ -46,8 +47,9 @@ class TrustStore {
   ~TrustStore();
   TrustStore(const TrustStore&) = delete;
   TrustStore& operator=(const TrustStore&) = delete;
-  // Adds every certificate in a PEM/DER file, or every file in a directory.
-  // Returns false and sets *err (naming the path and mbedTLS's reason).
+  // Adds every certificate in a PEM/DER file, or in every file of a
+  // directory (files that hold none are skipped). True when at least one
+  // certificate was added; else false and *err names the path and reason.
   bool add(const std::string& path, std::string* err);
   // Adds Debian's bundle /etc/ssl/certs/ca-certificates.crt, or the
   // /etc/ssl/certs directory when the bundle is missing.

@@ -1,0 +1,287 @@
+# shellcheck shell=bash disable=SC2119,SC2120
+# Helpers for tests/integration/t_*.sh; source it first thing:
+#
+#   . "$(dirname "$0")/lib.sh"
+#
+# A test exits 0 to pass, 77 to skip (skip MSG) and anything else to fail
+# (fail MSG). Cleanups registered with on_exit run in reverse order however
+# the test ends, including on SIGTERM from run.sh's per-test timeout.
+#
+# Environment:
+#   BUILD            build directory holding shoald (default <repo>/build)
+#   SHOAL_FIXTURE    WORKDIR of a running tests/fixtures/registry fixture
+#                    (run.sh brings one up for the whole run); unset, the
+#                    test brings up its own with fixture_up
+#   SHOAL_KEEP_TMP=1 keep the test's temporary directory for inspection
+
+set -euo pipefail
+
+SHOAL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BUILD=${BUILD:-$SHOAL_ROOT/build}
+if [ -d "$BUILD" ]; then BUILD=$(cd "$BUILD" && pwd); fi
+TEST_NAME=$(basename "$0" .sh)
+export BUILD SHOAL_ROOT
+
+# Tests decide per command whether a proxy is used; an inherited one would
+# silently turn a direct check into a proxied one.
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY
+
+# info MSG: a progress line on stderr (run.sh keeps it in the test's log).
+info() { echo "[$TEST_NAME] $*" >&2; }
+
+# skip MSG: ends the test as skipped (exit 77), running the cleanups.
+skip() {
+  echo "SKIP: $*" >&2
+  exit 77
+}
+
+# fail MSG: ends the test as failed (exit 1), running the cleanups.
+fail() {
+  echo "FAIL: $*" >&2
+  exit 1
+}
+
+need_root() { [ "$(id -u)" -eq 0 ] || skip "needs root"; }
+
+# need_cmd CMD...: skips unless every CMD is installed.
+need_cmd() {
+  local c
+  for c in "$@"; do
+    command -v "$c" >/dev/null || skip "$c not installed (make deps-test)"
+  done
+}
+
+# --- cleanup stack ------------------------------------------------------------
+
+_shoal_cleanups=()
+
+# on_exit CMD...: runs CMD (one shell command, its words joined) when the test
+# exits; the last registered runs first. A failing cleanup is reported and
+# does not stop the others or change the test's result.
+on_exit() { _shoal_cleanups+=("$*"); }
+
+_shoal_run_cleanups() {
+  local rc=$? i
+  set +e
+  trap - EXIT INT TERM HUP
+  for ((i = ${#_shoal_cleanups[@]} - 1; i >= 0; i--)); do
+    eval "${_shoal_cleanups[i]}" || echo "[$TEST_NAME] cleanup failed: ${_shoal_cleanups[i]}" >&2
+  done
+  _shoal_cleanups=()
+  exit "$rc"
+}
+trap _shoal_run_cleanups EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# TEST_TMP: the test's scratch directory, removed at exit unless SHOAL_KEEP_TMP=1.
+TEST_TMP=$(mktemp -d "${TMPDIR:-/tmp}/shoal-$TEST_NAME.XXXXXX")
+if [ "${SHOAL_KEEP_TMP:-0}" = 1 ]; then
+  on_exit "echo '[$TEST_NAME] kept $TEST_TMP' >&2"
+else
+  on_exit "rm -rf '$TEST_TMP'"
+fi
+
+# --- small utilities ------------------------------------------------------------
+
+# wait_port HOST PORT TIMEOUT_SECONDS: returns 0 once HOST:PORT accepts a TCP
+# connection, 1 if it still does not after TIMEOUT_SECONDS.
+wait_port() {
+  local host=$1 port=$2 deadline=$((SECONDS + $3))
+  while :; do
+    if timeout 1 bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null; then return 0; fi
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.1
+  done
+}
+
+# free_port: prints a TCP port on 127.0.0.1 that was free a moment ago.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# sha256_of FILE: prints "sha256:<hex>" of FILE.
+sha256_of() { echo "sha256:$(sha256sum "$1" | cut -d' ' -f1)"; }
+
+# assert_same_file A B WHAT: fails unless A and B are byte for byte equal.
+assert_same_file() {
+  [ -f "$1" ] || fail "$3: $1 missing"
+  [ -f "$2" ] || fail "$3: $2 missing"
+  cmp -s "$1" "$2" || fail "$3: $1 and $2 differ ($(sha256_of "$1") vs $(sha256_of "$2"))"
+}
+
+# assert_eq GOT WANT WHAT
+assert_eq() { [ "$1" = "$2" ] || fail "$3: got '$1', want '$2'"; }
+
+# log_mark FILE: prints FILE's current line count, for log_since.
+log_mark() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
+
+# log_since FILE MARK: prints the lines FILE gained after log_mark printed MARK.
+log_since() { if [ -f "$1" ]; then tail -n +"$(($2 + 1))" "$1"; fi; }
+
+# --- the registry fixture ---------------------------------------------------------
+
+# fixture_up: makes the fixture's variables (see tests/fixtures/registry/up.sh,
+# WORKDIR/env) available: reuses $SHOAL_FIXTURE when run.sh started one, else
+# starts a private one torn down at exit. Skips when the fixture cannot run
+# here (not root, a tool missing).
+fixture_up() {
+  if [ -n "${SHOAL_FIXTURE_SKIP:-}" ]; then skip "fixture: $SHOAL_FIXTURE_SKIP"; fi
+  if [ -n "${SHOAL_FIXTURE_ERROR:-}" ]; then fail "fixture: $SHOAL_FIXTURE_ERROR"; fi
+  if [ -n "${SHOAL_FIXTURE:-}" ]; then
+    [ -f "$SHOAL_FIXTURE/env" ] || fail "SHOAL_FIXTURE=$SHOAL_FIXTURE has no env file"
+    # shellcheck disable=SC1091
+    . "$SHOAL_FIXTURE/env"
+    kill -0 "$SHOAL_TEST_REGISTRY_PID" 2>/dev/null || fail "fixture registry (pid $SHOAL_TEST_REGISTRY_PID) is not running"
+    kill -0 "$SHOAL_TEST_NGINX_PID" 2>/dev/null || fail "fixture nginx (pid $SHOAL_TEST_NGINX_PID) is not running"
+    return 0
+  fi
+  need_root
+  local w rc=0
+  w=$(mktemp -d "${TMPDIR:-/tmp}/shoal-fixture.XXXXXX")
+  _shoal_own_fixture=$w
+  on_exit fixture_down
+  info "starting the registry fixture in $w"
+  "$SHOAL_ROOT/tests/fixtures/registry/up.sh" "$w" || rc=$?
+  [ "$rc" -eq 77 ] && skip "registry fixture cannot run here (see above)"
+  [ "$rc" -eq 0 ] || fail "registry fixture failed to start (rc=$rc)"
+  # shellcheck disable=SC1091
+  . "$w/env"
+}
+
+# fixture_down: stops and removes the fixture this test started (a no-op for
+# a fixture shared through SHOAL_FIXTURE).
+fixture_down() {
+  local w=${_shoal_own_fixture:-}
+  [ -n "$w" ] || return 0
+  "$SHOAL_ROOT/tests/fixtures/registry/down.sh" "$w"
+  if [ "${SHOAL_KEEP_TMP:-0}" = 1 ]; then
+    info "kept fixture $w"
+  else
+    rm -rf "$w"
+  fi
+  _shoal_own_fixture=
+}
+
+# registry_token: prints the bearer token by the anonymous flow against the
+# fixture's realm, as clients do (the fixture's token is static).
+registry_token() {
+  curl -sSf --cacert "$SHOAL_TEST_ORIGIN_CA" \
+    "$SHOAL_TEST_TOKEN_URL?service=$SHOAL_TEST_SERVICE&scope=repository:${1:-$SHOAL_TEST_HELLO_REPO}:pull" |
+    jq -er .token
+}
+
+# --- shoald ---------------------------------------------------------------------
+
+# make_ca DIR: creates a site CA (DIR/ca.crt, DIR/ca.key mode 0600) with
+# tools/gen-ca.sh (or $SHOAL_GEN_CA); skips while that tool does not exist yet.
+make_ca() {
+  local gen=${SHOAL_GEN_CA:-$SHOAL_ROOT/tools/gen-ca.sh}
+  [ -x "$gen" ] || skip "tools/gen-ca.sh not available yet"
+  mkdir -p "$1"
+  "$gen" "$1" >"$1/gen-ca.log" 2>&1 || { cat "$1/gen-ca.log" >&2; fail "tools/gen-ca.sh $1 failed"; }
+  if [ ! -s "$1/ca.crt" ] || [ ! -s "$1/ca.key" ]; then
+    fail "tools/gen-ca.sh did not write $1/ca.crt and $1/ca.key"
+  fi
+  [ "$(stat -c %a "$1/ca.key")" = 600 ] || fail "tools/gen-ca.sh left $1/ca.key mode $(stat -c %a "$1/ca.key"), want 600"
+}
+
+_shoald_count=0
+
+# start_shoald CONFIG [ARGS...]: runs
+#   $BUILD/shoald -c CONFIG --data-dir D --log-dir L --admin-socket S
+#                 --metrics-listen 127.0.0.1:PORT [--proxy-listen 127.0.0.1:PORT] [ARGS]
+# in the background (stdout and stderr to L/shoald.out), waits up to 15 s
+# until the proxy port accepts, and stops it at exit (SIGTERM, SIGKILL after
+# 10 s). A free --proxy-listen port is picked unless ARGS give one. Sets
+# SHOALD_PID, SHOALD_PROXY_PORT, SHOALD_PROXY (http://127.0.0.1:PORT),
+# SHOALD_DATA_DIR, SHOALD_LOG_DIR, SHOALD_ADMIN_SOCKET, SHOALD_METRICS_PORT.
+# Skips when $BUILD/shoald does not exist.
+start_shoald() {
+  local config=$1 bin=$BUILD/shoald dir a listen="" i j
+  shift
+  [ -x "$bin" ] || skip "$bin not built yet"
+  _shoald_count=$((_shoald_count + 1))
+  dir=$TEST_TMP/shoald.$_shoald_count
+  mkdir -p "$dir/data" "$dir/log"
+  SHOALD_DATA_DIR=$dir/data
+  SHOALD_LOG_DIR=$dir/log
+  SHOALD_ADMIN_SOCKET=$dir/admin.sock
+  SHOALD_METRICS_PORT=$(free_port)
+  local args=(-c "$config" --data-dir "$SHOALD_DATA_DIR" --log-dir "$SHOALD_LOG_DIR"
+    --admin-socket "$SHOALD_ADMIN_SOCKET" --metrics-listen "127.0.0.1:$SHOALD_METRICS_PORT")
+  for ((i = 1; i <= $#; i++)); do
+    a=${!i}
+    case $a in
+      --proxy-listen=*) listen=${a#--proxy-listen=} ;;
+      --proxy-listen) j=$((i + 1)); listen=${!j-} ;;
+    esac
+  done
+  if [ -z "$listen" ]; then
+    listen=127.0.0.1:$(free_port)
+    args+=(--proxy-listen "$listen")
+  fi
+  SHOALD_PROXY_PORT=${listen##*:}
+  SHOALD_PROXY=http://127.0.0.1:$SHOALD_PROXY_PORT
+  info "starting shoald: $bin ${args[*]} $*"
+  "$bin" "${args[@]}" "$@" </dev/null >"$SHOALD_LOG_DIR/shoald.out" 2>&1 &
+  SHOALD_PID=$!
+  on_exit stop_shoald "$SHOALD_PID"
+  local deadline=$((SECONDS + 15))
+  until timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$SHOALD_PROXY_PORT" 2>/dev/null; do
+    if ! kill -0 "$SHOALD_PID" 2>/dev/null; then
+      tail -n 30 "$SHOALD_LOG_DIR/shoald.out" >&2
+      fail "shoald exited during startup (see $SHOALD_LOG_DIR)"
+    fi
+    [ "$SECONDS" -lt "$deadline" ] || fail "shoald does not accept on $listen after 15 s"
+    sleep 0.1
+  done
+  export SHOALD_PID SHOALD_PROXY_PORT SHOALD_PROXY SHOALD_DATA_DIR SHOALD_LOG_DIR \
+    SHOALD_ADMIN_SOCKET SHOALD_METRICS_PORT
+}
+
+# stop_shoald PID: SIGTERM, SIGKILL after 10 s; reports a nonzero exit status.
+stop_shoald() {
+  local pid=$1 i rc=0
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    info "shoald $pid ignored SIGTERM for 10 s; SIGKILL"
+    kill -KILL "$pid" 2>/dev/null
+  fi
+  wait "$pid" 2>/dev/null || rc=$?
+  [ "$rc" -eq 0 ] || info "shoald $pid exited with status $rc"
+  return 0
+}
+
+# shoal_log [NAME]: prints the path of shoald's log NAME (default core.log).
+shoal_log() { echo "${SHOALD_LOG_DIR:?start_shoald first}/${1:-core.log}"; }
+
+# log_count JQ_FILTER [FILE]: prints how many JSON lines of FILE (default
+# core.log) JQ_FILTER selects; lines that are not JSON are ignored.
+log_count() {
+  local file=${2:-$(shoal_log)}
+  [ -f "$file" ] || { echo 0; return 0; }
+  jq -R "fromjson? | select($1)" "$file" | jq -s length
+}
+
+# assert_log_has JQ_FILTER [FILE]: fails unless some JSON line of FILE
+# (default core.log) satisfies JQ_FILTER, e.g.
+#   assert_log_has '.msg == "connect" and .route == "hijack"'
+# Waits up to 5 s, since a line may be written after the client finished.
+assert_log_has() {
+  local file=${2:-$(shoal_log)} deadline=$((SECONDS + 5))
+  while [ "$(log_count "$1" "$file")" -eq 0 ]; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "--- last lines of $file:" >&2
+      tail -n 20 "$file" >&2 2>/dev/null || echo "(missing)" >&2
+      fail "no line of $file matches: $(tr -s '\n ' '  ' <<<"$1")"
+    fi
+    sleep 0.2
+  done
+}
