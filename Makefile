@@ -36,7 +36,7 @@ LDFLAGS := -pthread $(SANFLAGS)
 LDLIBS := -luv -lmbedtls -lmbedx509 -lmbedcrypto -lhs -lcjson -lyaml -lhttp_parser -lcrypto
 
 .DELETE_ON_ERROR:
-.PHONY: all run test unit integration san bench check install deps deps-test deps-bench clean format
+.PHONY: all run test unit integration san bench check install uninstall deps deps-test deps-bench clean format
 
 all: $(BUILD)/shoald $(BUILD)/shoalctl
 
@@ -101,14 +101,19 @@ run: deps
 	@mkdir -p $(BUILD)/run
 	exec $(BUILD)/shoald --default-config --data-dir $(BUILD)/run/data --log-dir $(BUILD)/run/log
 
+ORAS_CLIENT := $(BUILD)/tests/fixtures/oras/shoal-oras
+$(ORAS_CLIENT): $(wildcard tests/fixtures/oras/*.go) tests/fixtures/oras/build.sh
+	$(if $(V),,@echo "  GO   $@")
+	$(Q)tests/fixtures/oras/build.sh $@
+
 test: deps-test
-	$(Q)$(MAKE) --no-print-directory all $(UNIT_BINS) $(FIXTURE_BINS)
+	$(Q)$(MAKE) --no-print-directory all $(UNIT_BINS) $(FIXTURE_BINS) $(ORAS_CLIENT)
 	$(Q)$(MAKE) --no-print-directory unit integration
 
 unit: $(UNIT_BINS)
 	$(Q)tests/run-unit.sh $(UNIT_BINS)
 
-integration: all $(FIXTURE_BINS)
+integration: all $(FIXTURE_BINS) $(ORAS_CLIENT)
 	$(Q)BUILD=$(abspath $(BUILD)) tests/integration/run.sh $(T)
 
 san: deps-test
@@ -129,8 +134,16 @@ install: all
 	install -D -m 0755 $(BUILD)/shoalctl $(DESTDIR)$(PREFIX)/bin/shoalctl
 	install -d -m 0755 $(DESTDIR)/etc/shoal
 	test -e $(DESTDIR)/etc/shoal/shoald.yaml || install -m 0644 systemd/shoald.yaml $(DESTDIR)/etc/shoal/shoald.yaml
-	install -D -m 0644 systemd/shoald.service $(DESTDIR)/lib/systemd/system/shoald.service
+	install -d -m 0755 $(DESTDIR)/lib/systemd/system
+	sed 's|@SBINDIR@|$(PREFIX)/sbin|g' systemd/shoald.service.in > $(DESTDIR)/lib/systemd/system/shoald.service
+	chmod 0644 $(DESTDIR)/lib/systemd/system/shoald.service
 	install -D -m 0644 systemd/shoald.logrotate $(DESTDIR)/etc/logrotate.d/shoald
+	@getent group shoal >/dev/null || [ -n "$(DESTDIR)" ] || groupadd --system shoal || true
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/sbin/shoald $(DESTDIR)$(PREFIX)/bin/shoalctl
+	rm -f $(DESTDIR)/lib/systemd/system/shoald.service $(DESTDIR)/etc/logrotate.d/shoald
+	@echo "kept /etc/shoal (configuration, CA) and /var/lib/shoal (data)"
 
 clean:
 	rm -rf $(BUILD)
