@@ -285,3 +285,88 @@ assert_log_has() {
     sleep 0.2
   done
 }
+
+# --- origins, raw clients and process helpers (proxy behaviour tests) -----------
+
+# stop_pid PID [SIGNAL]: sends SIGNAL (default TERM) to PID if it still
+# runs, SIGKILL after 5 s, and reaps it. Never signals by name.
+stop_pid() {
+  local pid=$1 sig=${2:-TERM} i
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
+  kill "-$sig" "$pid" 2>/dev/null
+  for ((i = 0; i < 50; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  return 0
+}
+
+# make_origin_cert DIR SAN: a throwaway origin CA (DIR/ca.crt, DIR/ca.key)
+# and a leaf it signs (DIR/leaf.crt, DIR/leaf.key, EC P-256) whose
+# subjectAltName is SAN, e.g. "IP:127.0.0.1,DNS:origin.test".
+make_origin_cert() {
+  local d=$1 san=$2
+  mkdir -p "$d"
+  {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+      -subj "/CN=Shoal test origin CA $(basename "$d")" -keyout "$d/ca.key" -out "$d/ca.crt" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign &&
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=origin" \
+        -keyout "$d/leaf.key" -out "$d/leaf.csr" &&
+      printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' "$san" >"$d/ext.cnf" &&
+      openssl x509 -req -in "$d/leaf.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+        -days 2 -extfile "$d/ext.cnf" -out "$d/leaf.crt"
+  } >"$d/openssl.log" 2>&1 || { cat "$d/openssl.log" >&2; fail "make_origin_cert $d failed"; }
+}
+
+# start_fault_origin NAME [fault_origin.py ARGS...]: starts
+# tests/fixtures/fault_origin.py on 127.0.0.1 and a free port, logging its
+# requests to $TEST_TMP/NAME.requests; sets NAME_PORT and NAME_PID and stops
+# it at exit. Pass --cert/--key for TLS.
+start_fault_origin() {
+  local name=$1 port pid
+  shift
+  port=$(free_port)
+  python3 "$SHOAL_ROOT/tests/fixtures/fault_origin.py" --listen "127.0.0.1:$port" \
+    --log "$TEST_TMP/$name.requests" "$@" >"$TEST_TMP/$name.out" 2>&1 &
+  pid=$!
+  on_exit stop_pid "$pid"
+  wait_port 127.0.0.1 "$port" 10 || { cat "$TEST_TMP/$name.out" >&2; fail "fault origin $name did not start"; }
+  printf -v "${name}_PORT" %s "$port"
+  printf -v "${name}_PID" %s "$pid"
+}
+
+# proxy_client ARGS...: runs tests/integration/proxy_client.py (raw and
+# multiplexed clients that curl cannot play; see its --help).
+proxy_client() { python3 "$SHOAL_ROOT/tests/integration/proxy_client.py" "$@"; }
+
+# rss_kib PID: prints VmRSS of PID in KiB.
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# shoald_alive WHAT: fails unless shoald still runs and answers /healthz.
+shoald_alive() {
+  kill -0 "$SHOALD_PID" 2>/dev/null || fail "shoald died ($1)"
+  local h
+  h=$(curl -sS --max-time 5 "http://127.0.0.1:$SHOALD_METRICS_PORT/healthz") || fail "shoald /healthz unreachable ($1)"
+  assert_eq "$h" ok "shoald /healthz ($1)"
+}
+
+# wait_exit PID SECONDS: waits for PID (a background child of this shell;
+# call it directly, not in $(...), whose subshell cannot reap it) to exit
+# and sets WAIT_RC to its exit status, or to "timeout" if it still runs
+# after SECONDS.
+# shellcheck disable=SC2034 # WAIT_RC is read by the caller
+wait_exit() {
+  local pid=$1 deadline=$((SECONDS + $2))
+  WAIT_RC=0
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      WAIT_RC=timeout
+      return 0
+    fi
+    sleep 0.05
+  done
+  wait "$pid" 2>/dev/null || WAIT_RC=$?
+}

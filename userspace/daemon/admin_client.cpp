@@ -36,9 +36,13 @@ bool admin_call(const std::string& socket_path, const std::string& request, std:
   std::string line = request + "\n";
   size_t off = 0;
   while (off < line.size()) {
-    ssize_t w = write(fd, line.data() + off, line.size() - off);
+    // MSG_NOSIGNAL: a daemon that refuses the caller answers and closes at
+    // once, maybe before the request is written; that must not kill us
+    // with SIGPIPE, and its answer is still queued for the read below.
+    ssize_t w = send(fd, line.data() + off, line.size() - off, MSG_NOSIGNAL);
     if (w < 0) {
       if (errno == EINTR) continue;
+      if (errno == EPIPE || errno == ECONNRESET) break;
       *err = std::string("write: ") + strerror(errno);
       close(fd);
       return false;
@@ -62,6 +66,7 @@ bool admin_call(const std::string& socket_path, const std::string& request, std:
     ssize_t n = read(fd, buf, sizeof buf);
     if (n < 0) {
       if (errno == EINTR) continue;
+      if (errno == ECONNRESET && !response->empty()) break;  // the answer came before the reset
       *err = std::string("read: ") + strerror(errno);
       close(fd);
       return false;

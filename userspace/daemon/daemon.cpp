@@ -132,6 +132,7 @@ struct AdminConn {
   std::string in, out;
   uv_write_t wr{};
   bool answered = false;
+  bool denied = false;  // the caller is neither root nor in the admin group
 };
 
 struct MetricsConn {
@@ -174,7 +175,11 @@ class Daemon {
   bool admin_open_ = false, metrics_open_ = false, stopping_ = false, aborted_ = false, finished_ = false;
   uint64_t start_ms_ = 0, stop_began_ms_ = 0;
   uint64_t generation_ = 1;
+  // The configuration the listeners, admin socket and log were set up with
+  // at start. Everything a reload may change (rules, timeouts, the stop's
+  // grace period) is read from shared_.runtime()->cfg instead.
   std::shared_ptr<const config::Config> cfg_;
+  double grace_s() const { return shared_.runtime()->cfg->shutdown_grace_s; }
   config::Endpoint proxy_ep_;
   gid_t admin_gid_ = 0;
   bool admin_gid_known_ = false;
@@ -377,16 +382,11 @@ void Daemon::on_admin_conn(uv_stream_t* server, int status) {
     }
   }
   if (!allowed) {
+    // The refusal is the answer to the caller's request line, read first:
+    // closing with the request unread would make the caller's read fail
+    // with ECONNRESET instead of showing the refusal.
     log_warn("admin connection refused").num("uid", cred.uid);
-    c->out = "{\"ok\":false,\"error\":\"permission denied: root or the admin group only\"}\n";
-    c->answered = true;
-    uv_buf_t b = uv_buf_init(c->out.data(), static_cast<unsigned>(c->out.size()));
-    c->wr.data = c;
-    uv_write(&c->wr, reinterpret_cast<uv_stream_t*>(&c->pipe), &b, 1, [](uv_write_t* w, int) {
-      auto* cc = static_cast<AdminConn*>(w->data);
-      uv_close(reinterpret_cast<uv_handle_t*>(&cc->pipe), [](uv_handle_t* h) { delete static_cast<AdminConn*>(h->data); });
-    });
-    return;
+    c->denied = true;
   }
   uv_read_start(
       reinterpret_cast<uv_stream_t*>(&c->pipe),
@@ -413,7 +413,9 @@ void Daemon::admin_request(AdminConn* c) {
   cJSON* req = cJSON_Parse(line.c_str());
   const cJSON* cmd = req ? cJSON_GetObjectItemCaseSensitive(req, "cmd") : nullptr;
   std::string name = cJSON_IsString(cmd) ? cmd->valuestring : "";
-  if (name == "status") {
+  if (c->denied) {
+    c->out = "{\"ok\":false,\"error\":\"permission denied: root or the admin group only\"}";
+  } else if (name == "status") {
     c->out = status_json();
   } else if (name == "reload") {
     reload();
@@ -596,8 +598,8 @@ void Daemon::reload() {
   const auto& n = *lr.config;
   if (n.proxy_listen.addr != cfg_->proxy_listen.addr || n.proxy_listen.port != cfg_->proxy_listen.port ||
       n.metrics_listen.port != cfg_->metrics_listen.port || n.admin_socket != cfg_->admin_socket ||
-      n.workers != cfg_->workers || n.log_dir != cfg_->log_dir)
-    log_warn("listener, worker and log directory changes take effect at the next restart");
+      n.workers != cfg_->workers || n.log_dir != cfg_->log_dir || n.admin_group != cfg_->admin_group)
+    log_warn("listener, admin socket, worker and log directory changes take effect at the next restart");
   obs::Level lvl;
   if (obs::parse_level(n.log_level, &lvl)) obs::log_set_level(lvl);
   shared_.set_runtime(rt);
@@ -618,7 +620,10 @@ void Daemon::begin_stop(const char* why) {
   stop_began_ms_ = uv_now(&loop_);
   size_t active = 0;
   for (auto& w : workers_) active += w->conn_count();
-  log_info("stopping").str("signal", why).num("connections", static_cast<int64_t>(active)).dbl("grace_s", cfg_->shutdown_grace_s);
+  log_info("stopping")
+      .str("signal", why)
+      .num("connections", static_cast<int64_t>(active))
+      .dbl("grace_s", grace_s());
   for (auto& w : workers_) w->stop_accepting();
   uv_timer_start(&stop_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->check_stop(); }, 50, 50);
 }
@@ -631,7 +636,7 @@ void Daemon::check_stop() {
     return;
   }
   uint64_t elapsed = uv_now(&loop_) - stop_began_ms_;
-  if (!aborted_ && static_cast<double>(elapsed) >= cfg_->shutdown_grace_s * 1000.0) {
+  if (!aborted_ && static_cast<double>(elapsed) >= grace_s() * 1000.0) {
     aborted_ = true;
     log_warn("grace period over: resetting remaining connections").num("connections", static_cast<int64_t>(active));
     for (auto& w : workers_) w->abort_all();

@@ -362,6 +362,7 @@ bool Conn::start(uv_stream_t* server) {
   }
   admitted_ = true;
   arm_timer(rt_->cfg->header_timeout_s);
+  set_deadline(rt_->cfg->header_timeout_s);
   update_reads();
   return true;
 }
@@ -426,6 +427,9 @@ void Conn::client_plain(const char* data, size_t n) {
     append(client_pending_, data, n);
     return;
   }
+  // The first bytes of a request head start its deadline; start_exchange
+  // (or CONNECT) clears it.
+  if (!ex_.active && deadline_ms_ == 0) set_deadline(rt_->cfg->header_timeout_s);
   size_t used = req_parser_->feed(data, n);
   if (closing_ || cb_abort_) return;
   if (req_parser_->error() != http::Error::None) {
@@ -542,6 +546,7 @@ int Conn::on_head(http::MessageHead& head) {
     if (head.method == "CONNECT") {
       connect_target_ = head.target;
       connect_requested_ = true;
+      set_deadline(0);
       return 0;
     }
   } else if (head.method == "CONNECT") {
@@ -616,6 +621,7 @@ void Conn::handle_connect_target() {
     flush(client_);
     mode_ = Mode::PeekHello;
     arm_timer(rt_->cfg->header_timeout_s);
+    set_deadline(rt_->cfg->header_timeout_s);  // for the whole TLS handshake
     if (!hello_.empty()) try_peek();
     return;
   }
@@ -638,6 +644,7 @@ void Conn::try_peek() {
     // so pass them through untouched.
     hijacked_ = false;
     mode_ = Mode::Dialing;
+    deadline_ms_ = 0;  // arm_timer below restarts the timer
     get_upstream(connect_host_, connect_port_, false);
     arm_timer(rt_->cfg->connect_timeout_s);
     return;
@@ -720,6 +727,7 @@ void Conn::continue_handshake() {
     // The CONNECT request's parser has switched to tunnel mode; requests
     // inside TLS start a fresh HTTP/1.1 stream.
     req_parser_ = std::make_unique<http::Parser>(http::Parser::Kind::Request, this);
+    deadline_ms_ = 0;
     arm_timer(rt_->cfg->idle_timeout_s);
     drain_client_tls();
     return;
@@ -742,12 +750,14 @@ bool Conn::start_exchange(http::MessageHead& head) {
   ex_ = Exchange{};
   ex_.active = true;
   ex_.start_ms = now_ms();
+  deadline_ms_ = 0;  // the head is complete; arm_timer below restarts the timer
   ex_.method = head.method;
   ex_.http10 = head.version_major == 1 && head.version_minor == 0;
   ex_.client_keep_alive = head.keep_alive && !draining_;
   ex_.head_only = head.method == "HEAD";
   ex_.req_chunked = head.chunked;
   bool mirror_mode = false;
+  bool absolute_form = false;
   std::string host;
   uint16_t port = 0;
   bool https = false;
@@ -803,6 +813,7 @@ bool Conn::start_exchange(http::MessageHead& head) {
       respond_error(400, "request target is neither an absolute URI nor a path");
       return false;
     }
+    absolute_form = true;
     host = lower(u.host);
     https = u.scheme == "https";
     port = u.port ? u.port : (https ? 443 : 80);
@@ -816,7 +827,11 @@ bool Conn::start_exchange(http::MessageHead& head) {
   std::string url = (https ? "https://" : "http://") + host_header(host, port, https) + path;
   int rule = rt_->rule_index(url, scratch);
   bool p2p = false;
-  bool rewrite_host = mirror_mode;
+  // RFC 9112 section 3.2.2: with an absolute-form target the proxy ignores
+  // the client's Host and sends the target's authority instead, so the
+  // origin never sees a Host that differs from the host Shoal dialled
+  // (and whitelisted).
+  bool rewrite_host = mirror_mode || absolute_form;
   if (rule >= 0) {
     const auto& r = cfg.rules[static_cast<size_t>(rule)];
     p2p = !r.direct;
@@ -873,6 +888,8 @@ bool Conn::start_exchange(http::MessageHead& head) {
 
   Upstream* u = get_upstream(host, port, https);
   if (!u) return false;
+  bool idempotent = head.method == "GET" || head.method == "HEAD" || head.method == "OPTIONS";
+  if (u->exchanges > 0 && idempotent && !head.chunked && head.content_length <= 0) ex_.retry_head = out;
   if (ex_.head_only) u->parser->expect_no_body();
   send_upstream(out.data(), out.size());
   arm_timer(u->st == Upstream::St::Ready ? cfg.idle_timeout_s : cfg.connect_timeout_s);
@@ -1000,6 +1017,36 @@ void Conn::start_tunnel() {
   update_reads();
 }
 
+bool Conn::response_not_started(const Upstream* u) const {
+  return ex_.active && !ex_.resp_done && !ex_.resp_head_sent && !ex_.informational && ex_.status == 0 &&
+         !(u->parser && u->parser->in_message());
+}
+
+// Sends the current request again on a new origin connection when the
+// reused one it went out on closed before answering (see Exchange::
+// retry_head). Call after releasing that connection. True when the retry
+// took over (it may already have failed the exchange itself); false when
+// the caller must fail the exchange.
+bool Conn::retry_exchange(const std::string& why) {
+  if (closing_ || ex_.retried || ex_.retry_head.empty() || mode_ == Mode::Tunnel) return false;
+  ex_.retried = true;
+  obs::log_info("retrying request on a new origin connection")
+      .str("method", ex_.method)
+      .str("host", ex_.host)
+      .str("path", strip_query(ex_.path))
+      .str("error", why);
+  std::string head;
+  head.swap(ex_.retry_head);
+  Upstream* u = get_upstream(ex_.host, ex_.port, ex_.https);
+  if (!u) return true;  // get_upstream failed the exchange already
+  if (ex_.head_only) u->parser->expect_no_body();
+  send_upstream(head.data(), head.size());
+  if (closing_) return true;
+  arm_timer(u->st == Upstream::St::Ready ? rt_->cfg->idle_timeout_s : rt_->cfg->connect_timeout_s);
+  update_reads();
+  return true;
+}
+
 void Conn::upstream_failed(Upstream* u, const std::string& why) {
   if (u != up_) {
     u->release();
@@ -1007,6 +1054,7 @@ void Conn::upstream_failed(Upstream* u, const std::string& why) {
   }
   bool tls_fail = why.rfind("TLS handshake", 0) == 0;
   if (tls_fail) m().tls_up_fail.inc();
+  bool unanswered = response_not_started(u);
   up_->release();
   up_ = nullptr;
   if (closing_) return;
@@ -1027,6 +1075,7 @@ void Conn::upstream_failed(Upstream* u, const std::string& why) {
       break;
     default:
       if (ex_.active && !ex_.resp_done) {
+        if (unanswered && retry_exchange(why)) return;
         fail_exchange(502, why);
       }
       break;
@@ -1101,11 +1150,14 @@ void Conn::upstream_eof(Upstream* u) {
     return;
   }
   if (ex_.active && !ex_.resp_done) {
+    bool unanswered = response_not_started(u);
     u->parser->feed_eof();
     if (!ex_.resp_done && !closing_) {
       up_->release();
       up_ = nullptr;
-      fail_exchange(502, "origin closed the connection before the response was complete");
+      const char* why = "origin closed the connection before the response was complete";
+      if (unanswered && retry_exchange(why)) return;
+      fail_exchange(502, why);
       return;
     }
   }
@@ -1119,8 +1171,12 @@ void Conn::upstream_eof(Upstream* u) {
 void Conn::finish_exchange() {
   if (ex_.out_chunked) send_client("0\r\n\r\n", 5);
   ex_.resp_done = true;
+  ex_.retry_head.clear();
   log_exchange();
-  if (up_) up_->busy_exchange = false;
+  if (up_) {
+    up_->busy_exchange = false;
+    up_->exchanges++;
+  }
   after_exchange_pending_ = true;
 }
 
@@ -1193,6 +1249,10 @@ void Conn::respond_error(int status, const std::string& msg, const std::vector<h
     log_exchange();
   } else if (connect_target_.empty() || mode_ != Mode::Http) {
     obs::log_info("request rejected").num("status", status).str("error", msg).str("client", peer_addr_);
+  } else {
+    // A refused CONNECT: its "connect" line (close_all) carries the reason.
+    if (!connect_status_) connect_status_ = status;
+    if (connect_error_.empty()) connect_error_ = msg;
   }
   std::string r = http::simple_response(status, msg, false, extra);
   send_client(r.data(), r.size());
@@ -1324,17 +1384,33 @@ void Conn::touch() { last_activity_ms_ = now_ms(); }
 void Conn::arm_timer(double seconds) {
   timeout_s_ = seconds;
   touch();
+  restart_timer();
+}
+
+void Conn::set_deadline(double seconds) {
+  deadline_ms_ = seconds > 0 ? now_ms() + static_cast<uint64_t>(seconds * 1000.0) : 0;
+  restart_timer();
+}
+
+// Starts the timer for whichever comes first: timeout_s_ of silence or the
+// deadline.
+void Conn::restart_timer() {
   if (!timer_inited_ || closing_) return;
-  uv_timer_start(&timer_, on_timer, static_cast<uint64_t>(seconds * 1000.0) + 1, 0);
+  uint64_t now = now_ms();
+  uint64_t due = last_activity_ms_ + static_cast<uint64_t>(timeout_s_ * 1000.0);
+  if (deadline_ms_ != 0 && deadline_ms_ < due) due = deadline_ms_;
+  uv_timer_start(&timer_, on_timer, due > now ? due - now + 1 : 1, 0);
 }
 
 void Conn::on_timer(uv_timer_t* t) {
   auto* c = static_cast<Conn*>(t->data);
   if (c->closing_) return;
-  uint64_t timeout = static_cast<uint64_t>(c->timeout_s_ * 1000.0);
-  uint64_t idle = c->now_ms() - c->last_activity_ms_;
-  if (idle < timeout) {
-    uv_timer_start(t, on_timer, timeout - idle + 1, 0);
+  uint64_t now = c->now_ms();
+  uint64_t due = c->last_activity_ms_ + static_cast<uint64_t>(c->timeout_s_ * 1000.0);
+  bool deadline = c->deadline_ms_ != 0 && c->deadline_ms_ <= due;
+  if (deadline) due = c->deadline_ms_;
+  if (now < due) {
+    uv_timer_start(t, on_timer, due - now + 1, 0);
     return;
   }
   switch (c->mode_) {
@@ -1357,8 +1433,14 @@ void Conn::on_timer(uv_timer_t* t) {
         c->respond_error(504, "timed out connecting to " + c->connect_target_);
       }
       break;
-    default:
+    case Mode::Tunnel:
+      // Reset, not FIN: a FIN tells the client that the origin finished,
+      // which turns a stalled EOF-delimited body into a silently short one.
       c->connect_error_ = "idle timeout";
+      c->close_all(true);
+      break;
+    default:
+      c->connect_error_ = deadline ? "TLS handshake not done within timeouts.header" : "idle timeout";
       c->close_all(false);
       break;
   }

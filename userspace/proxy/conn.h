@@ -15,7 +15,9 @@
 //   │ absolute-URI or /v2/… request (both Http and HttpTls):
 //   └─► exchange: rule → route (direct | p2p) → upstream (reused per
 //       host:port:tls) → request head/body up, response back, then the next
-//       request (keep-alive) or close.
+//       request (keep-alive) or close. A bodiless GET/HEAD/OPTIONS whose
+//       reused upstream closes before answering is sent once more on a new
+//       upstream (the origin's keep-alive timeout raced it).
 //
 // Ownership: the Worker's intrusive list holds every live Conn. A Conn frees
 // itself when its client handle, its timer and every Upstream handle it
@@ -81,6 +83,7 @@ struct Upstream {
   std::shared_ptr<tls::ClientConfig> tls_cfg;
   std::unique_ptr<http::Parser> parser;  // responses
   bool busy_exchange = false;            // a request is outstanding
+  uint32_t exchanges = 0;                // responses completed on this connection
   std::string fail_reason;
   void release();  // detach from the Conn and close; frees itself
 };
@@ -130,6 +133,12 @@ class Conn : public http::Handler {
     bool http10 = false;
     bool up_keep_alive = true;
     bool logged = false;
+    // A GET/HEAD/OPTIONS without a body sent on a reused origin connection
+    // is sent again, once, on a fresh one if that connection closes before
+    // any of the response arrives: the origin's keep-alive timeout raced
+    // the request (RFC 9110 section 9.2.2).
+    std::string retry_head;  // the serialized request head; empty: no retry
+    bool retried = false;
     int status = 0;
     uint64_t resp_bytes = 0;
     uint64_t start_ms = 0;
@@ -160,6 +169,8 @@ class Conn : public http::Handler {
   void start_tunnel();
   void respond_error(int status, const std::string& msg, const std::vector<http::Header>& extra = {});
   void fail_exchange(int status, const std::string& why);
+  bool response_not_started(const Upstream* u) const;
+  bool retry_exchange(const std::string& why);
   void log_exchange();
   void update_reads();
   void flush(Side& s);
@@ -168,6 +179,8 @@ class Conn : public http::Handler {
   void close_side(Side& s, bool reset);
   void touch();
   void arm_timer(double seconds);
+  void set_deadline(double seconds);
+  void restart_timer();
   bool check_auth(const http::MessageHead& head);
   void maybe_free();
   uint64_t now_ms() const;
@@ -205,6 +218,10 @@ class Conn : public http::Handler {
   std::string sni_;
   double timeout_s_ = 0;
   uint64_t last_activity_ms_ = 0;
+  // timeouts.header as a deadline that activity does not push back: a
+  // request head (or, after CONNECT to a hijacked host, the TLS handshake)
+  // must be complete by then, however slowly its bytes trickle in. 0: none.
+  uint64_t deadline_ms_ = 0;
   std::string peer_addr_;
 };
 

@@ -57,8 +57,12 @@ const mbedtls_ecp_group_id kCurves[] = {
     MBEDTLS_ECP_DP_NONE,
 };
 
-// Only HTTP/1.1 is spoken on both sides (Go clients offer h2 first).
+// Only HTTP/1.x is spoken (Go clients offer h2 first). Origins are asked for
+// http/1.1; clients may also name http/1.0 (curl -0 does), which mbedTLS
+// would otherwise answer with a no_application_protocol alert. The server's
+// order decides, so a client offering both gets http/1.1.
 const char* kAlpn[] = {"http/1.1", nullptr};
+const char* kServerAlpn[] = {"http/1.1", "http/1.0", nullptr};
 
 // Compact the inbound buffer once this much has been consumed and it is at
 // least half of what is buffered: amortized O(1) per byte.
@@ -208,6 +212,7 @@ ServerConfig::ServerConfig(Rng* rng) {
                                         MBEDTLS_SSL_PRESET_DEFAULT);
   if (ret != 0) die("server config", ret);
   configure_common(&conf_, rng);
+  mbedtls_ssl_conf_alpn_protocols(&conf_, kServerAlpn);
 }
 
 ServerConfig::~ServerConfig() { mbedtls_ssl_config_free(&conf_); }
