@@ -51,6 +51,9 @@ bool need_arg(int i, int argc, const char* opt) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // libuv's thread pool (4 threads by default) runs DNS lookups, leaf
+  // minting and disk I/O; a slow resolver must not starve the others.
+  setenv("UV_THREADPOOL_SIZE", "32", 0);
   shoal::daemon::Options opts;
   bool check = false, explicit_config = false;
   for (int i = 1; i < argc; ++i) {

@@ -233,6 +233,7 @@ struct MintJob {
   std::string name;
   std::shared_ptr<const tls::Leaf> leaf;
   std::string err;
+  std::string key;  // Worker's mint-waiter key
 };
 
 }  // namespace
@@ -240,7 +241,12 @@ struct MintJob {
 void Upstream::release() {
   conn = nullptr;
   st = St::Closed;
-  if (gai_pending) return;  // up_on_resolved frees it
+  if (gai_pending) {
+    // A lookup still queued in the thread pool is cancelled; one already
+    // running cannot be. Either way up_on_resolved runs and frees this.
+    uv_cancel(reinterpret_cast<uv_req_t*>(&gai));
+    return;
+  }
   if (side.inited) {
     auto* h = reinterpret_cast<uv_handle_t*>(&side.tcp);
     if (!uv_is_closing(h)) uv_close(h, up_on_close);
@@ -667,11 +673,16 @@ void Conn::begin_hijack() {
     return;
   }
   mode_ = Mode::Minting;
+  // Many jobs start at once against a registry nobody has contacted yet:
+  // one mint per name (per loop and configuration), the rest wait for it.
+  mint_key_ = std::to_string(rt_->generation) + "/" + name;
+  if (!w_.add_mint_waiter(mint_key_, this)) return;  // a mint is already running
   auto* job = new MintJob;
   job->req.data = job;
   job->conn = this;
   job->rt = rt_;
   job->name = name;
+  job->key = mint_key_;
   pending_jobs_++;
   int r = uv_queue_work(
       w_.loop(), &job->req,
@@ -682,25 +693,36 @@ void Conn::begin_hijack() {
       [](uv_work_t* req, int status) {
         auto* j = static_cast<MintJob*>(req->data);
         Conn* c = j->conn;
+        Worker& w = c->w_;
         c->pending_jobs_--;
-        if (c->closing_) {
-          c->maybe_free();
-        } else if (status != 0 || !j->leaf) {
-          c->connect_error_ = "cannot mint a certificate for " + j->name + ": " + j->err;
-          obs::log_error("leaf mint failed").str("host", j->name).str("error", j->err);
-          c->close_all(true);
-        } else {
+        bool ok = status == 0 && j->leaf;
+        if (ok) {
           m().mints.inc();
           obs::log_debug("leaf minted").str("host", j->name);
           j->rt->leaves->put(j->leaf);
-          c->start_handshake(j->leaf);
+        } else {
+          obs::log_error("leaf mint failed").str("host", j->name).str("error", j->err);
         }
+        // Waiters that closed meanwhile have left the list already.
+        for (Conn* waiter : w.take_mint_waiters(j->key)) {
+          waiter->mint_key_.clear();
+          if (ok) {
+            waiter->start_handshake(j->leaf);
+          } else {
+            waiter->connect_error_ = "cannot mint a certificate for " + j->name + ": " + j->err;
+            waiter->close_all(true);
+          }
+        }
+        if (c->closing_) c->maybe_free();
         delete j;
       });
   if (r != 0) {
     pending_jobs_--;
     delete job;
-    close_all(true);
+    for (Conn* waiter : w_.take_mint_waiters(mint_key_)) {
+      waiter->mint_key_.clear();
+      waiter->close_all(true);
+    }
   }
 }
 
@@ -1481,6 +1503,10 @@ void Conn::close_all(bool reset) {
     log_exchange();
   }
   mode_ = Mode::Closing;
+  if (!mint_key_.empty()) {
+    w_.remove_mint_waiter(mint_key_, this);
+    mint_key_.clear();
+  }
   if (up_) {
     up_->release();
     up_ = nullptr;

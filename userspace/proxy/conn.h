@@ -216,6 +216,7 @@ class Conn : public http::Handler {
   std::string connect_error_;
   std::string connect_target_;
   std::string sni_;
+  std::string mint_key_;  // set while waiting in Worker's mint-waiter list
   double timeout_s_ = 0;
   uint64_t last_activity_ms_ = 0;
   // timeouts.header as a deadline that activity does not push back: a

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -84,7 +85,9 @@ void Worker::join() {
   if (thread_.joinable()) thread_.join();
   uv_run(&loop_, UV_RUN_NOWAIT);
   int r = uv_loop_close(&loop_);
-  if (r != 0) obs::log_error("worker loop not closed cleanly").num("worker", index_).str("error", uv_strerror(r));
+  // EBUSY: a lookup is still running in the thread pool (see maybe_finish).
+  if (r != 0 && r != UV_EBUSY)
+    obs::log_error("worker loop not closed cleanly").num("worker", index_).str("error", uv_strerror(r));
 }
 
 void Worker::post(std::function<void()> fn) {
@@ -138,6 +141,10 @@ void Worker::maybe_finish() {
   if (async_closed_) return;
   async_closed_ = true;
   uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+  // Every connection is gone. A DNS lookup still running in the thread pool
+  // (a slow resolver can take many seconds) must not hold the stop: its
+  // callback only frees a detached Upstream.
+  uv_stop(&loop_);
 }
 
 void Worker::on_connection(uv_stream_t* server, int status) {
@@ -169,6 +176,30 @@ std::shared_ptr<tls::ClientConfig> Worker::client_config(const TrustChoice& trus
   auto cfg = std::make_shared<tls::ClientConfig>(&rng_, trust.store.get(), trust.insecure);
   client_cfgs_[key] = CachedClientConfig{trust.store, cfg};
   return cfg;
+}
+
+bool Worker::add_mint_waiter(const std::string& key, Conn* c) {
+  auto [it, first] = mint_waiters_.try_emplace(key);
+  it->second.push_back(c);
+  return first;
+}
+
+void Worker::remove_mint_waiter(const std::string& key, Conn* c) {
+  auto it = mint_waiters_.find(key);
+  if (it == mint_waiters_.end()) return;
+  auto& v = it->second;
+  v.erase(std::remove(v.begin(), v.end(), c), v.end());
+  // The entry stays while its mint runs, even when nobody waits any more, so
+  // a newcomer joins that mint instead of starting another.
+}
+
+std::vector<Conn*> Worker::take_mint_waiters(const std::string& key) {
+  std::vector<Conn*> out;
+  auto it = mint_waiters_.find(key);
+  if (it == mint_waiters_.end()) return out;
+  out.swap(it->second);
+  mint_waiters_.erase(it);
+  return out;
 }
 
 void Worker::add_conn(Conn* c) {

@@ -60,6 +60,12 @@ class Worker {
   uint8_t* plain_buffer() { return plain_buf_.get(); }
   static constexpr size_t kPlainBufferSize = 64 * 1024;
   bool draining() const { return draining_; }
+  // Leaf minting, coalesced per key: add_mint_waiter() returns true when c
+  // is the first for key (it must start the mint); take_mint_waiters() hands
+  // every waiter (the first included) to the finished mint.
+  bool add_mint_waiter(const std::string& key, Conn* c);
+  void remove_mint_waiter(const std::string& key, Conn* c);
+  std::vector<Conn*> take_mint_waiters(const std::string& key);
   void add_conn(Conn* c);
   void remove_conn(Conn* c);
   size_t conn_count() const { return conn_count_.load(); }
@@ -91,6 +97,7 @@ class Worker {
   std::unique_ptr<char[]> read_buf_;
   std::unique_ptr<uint8_t[]> plain_buf_;
   Conn* conns_ = nullptr;  // intrusive list of live connections
+  std::map<std::string, std::vector<Conn*>> mint_waiters_;
   std::atomic<size_t> conn_count_{0};
   bool draining_ = false;
 };
