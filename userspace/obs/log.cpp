@@ -7,19 +7,33 @@
 
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <ctime>
+#include <deque>
 #include <mutex>
 #include <string>
+#include <thread>
 
 namespace shoal::obs {
 namespace {
 
-std::mutex g_mu;           // guards g_fd swaps and g_dir; writes use the fd copy
-int g_fd = -1;             // -1: stderr
+// Lines go to one writer thread: a write(2) to core.log can take a
+// millisecond or more when the disk is busy, and event loops must not wait
+// for it. The queue is bounded; past the bound a line is counted as dropped
+// (and the count logged) rather than blocking a loop.
+std::mutex g_mu;  // guards everything below but the atomics
+std::condition_variable g_cv;
+std::deque<std::string> g_queue;
+size_t g_queue_bytes = 0;
+uint64_t g_dropped = 0;
+bool g_stop = false;
+std::thread g_writer;
+int g_fd = -1;  // core.log; -1 before log_open: lines go to stderr directly
 std::string g_dir;
 std::atomic<int> g_level{static_cast<int>(Level::Info)};
 std::atomic<bool> g_stderr_copy{false};
+constexpr size_t kMaxQueueBytes = 16 << 20;
 
 bool make_dirs(const std::string& dir, std::string* err) {
   std::string cur;
@@ -64,6 +78,28 @@ void write_all(int fd, const char* p, size_t n) {
   }
 }
 
+void writer_main() {
+  std::unique_lock<std::mutex> lk(g_mu);
+  for (;;) {
+    g_cv.wait(lk, [] { return g_stop || !g_queue.empty(); });
+    if (g_queue.empty()) return;  // stopping, and drained
+    std::string batch;
+    batch.reserve(g_queue_bytes + 128);
+    for (auto& line : g_queue) batch += line;
+    g_queue.clear();
+    g_queue_bytes = 0;
+    if (g_dropped > 0) {
+      batch += "{\"level\":\"warn\",\"msg\":\"log lines dropped: core.log writes too slow\",\"dropped\":" +
+               std::to_string(g_dropped) + "}\n";
+      g_dropped = 0;
+    }
+    // The write happens under the lock so reopen() cannot close the
+    // descriptor under it; producers wait only if they log meanwhile, and
+    // then only for a push.
+    write_all(g_fd >= 0 ? g_fd : STDERR_FILENO, batch.data(), batch.size());
+  }
+}
+
 }  // namespace
 
 const char* to_string(Level l) {
@@ -97,6 +133,7 @@ bool log_open(const std::string& dir, std::string* err) {
   if (g_fd >= 0) close(g_fd);
   g_fd = fd;
   g_dir = dir;
+  if (!g_writer.joinable()) g_writer = std::thread(writer_main);
   return true;
 }
 
@@ -107,13 +144,40 @@ bool log_reopen(std::string* err) {
     dir = g_dir;
   }
   if (dir.empty()) return true;
-  return log_open(dir, err);
+  int fd = open_log(dir, err);
+  if (fd < 0) return false;
+  std::lock_guard<std::mutex> lk(g_mu);
+  if (g_fd >= 0) close(g_fd);
+  g_fd = fd;
+  return true;
+}
+
+void log_flush() {
+  // The writer empties the queue under the lock, so waiting until the
+  // queue is empty and then taking the lock once means the batch is written.
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lk(g_mu);
+      if (g_queue.empty() || !g_writer.joinable()) return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 void log_close() {
+  std::thread writer;
+  {
+    std::lock_guard<std::mutex> lk(g_mu);
+    g_stop = true;
+    writer.swap(g_writer);
+  }
+  g_cv.notify_all();
+  if (writer.joinable()) writer.join();  // drains the queue first
   std::lock_guard<std::mutex> lk(g_mu);
+  g_stop = false;
   if (g_fd >= 0) close(g_fd);
   g_fd = -1;
+  g_dir.clear();
 }
 
 void log_set_level(Level l) { g_level.store(static_cast<int>(l)); }
@@ -144,13 +208,23 @@ LogLine::~LogLine() {
   std::string line(text);
   cJSON_free(text);
   line += '\n';
-  // Hold the lock across the write so reopen() cannot close the descriptor
-  // under us; writes are short and O_APPEND keeps them whole.
-  std::lock_guard<std::mutex> lk(g_mu);
-  int fd = g_fd >= 0 ? g_fd : STDERR_FILENO;
-  write_all(fd, line.data(), line.size());
-  if (fd != STDERR_FILENO && level_ >= Level::Warn && g_stderr_copy.load())
-    write_all(STDERR_FILENO, line.data(), line.size());
+  // Warnings and errors also reach a foreground terminal; rare, so written
+  // directly.
+  if (level_ >= Level::Warn && g_stderr_copy.load()) write_all(STDERR_FILENO, line.data(), line.size());
+  std::unique_lock<std::mutex> lk(g_mu);
+  if (!g_writer.joinable()) {
+    if (!(level_ >= Level::Warn && g_stderr_copy.load())) write_all(STDERR_FILENO, line.data(), line.size());
+    return;
+  }
+  if (g_queue_bytes + line.size() > kMaxQueueBytes) {
+    g_dropped++;
+    return;
+  }
+  g_queue_bytes += line.size();
+  g_queue.push_back(std::move(line));
+  bool wake = g_queue.size() == 1;
+  lk.unlock();
+  if (wake) g_cv.notify_one();
 }
 
 LogLine& LogLine::str(const char* key, std::string_view value) {

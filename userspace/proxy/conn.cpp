@@ -76,12 +76,28 @@ void append(std::vector<char>& v, const char* p, size_t n) { v.insert(v.end(), p
 void append_tls_output(Side& s) {
   auto& out = s.tls->output();
   if (out.empty()) return;
-  if (s.queue.empty()) {
-    s.queue.assign(out.begin(), out.end());
-  } else {
-    s.queue.insert(s.queue.end(), out.begin(), out.end());
-  }
+  // Through char pointers: iterator ranges of another element type compile
+  // to a byte-at-a-time loop here, which cost 5-8 % of relay CPU.
+  append(s.queue, reinterpret_cast<const char*>(out.data()), out.size());
   out.clear();
+}
+
+// Decrypts as many records as fit into buf (cap bytes), so the parser and the
+// other side's TLS layer see large runs instead of one record at a time.
+// *n bytes are in buf; the return value is what ended the run: Ok when buf
+// is full, else WantRead, Closed or Error — which the caller must act on
+// after it has used the *n bytes (a close_notify right behind the last data
+// is reported only once).
+tls::Status read_records(tls::Session& tls, uint8_t* buf, size_t cap, size_t* n) {
+  constexpr size_t kRecord = 16 * 1024;
+  *n = 0;
+  for (;;) {
+    size_t got = 0;
+    tls::Status st = tls.read(buf + *n, cap - *n, &got);
+    if (st != tls::Status::Ok) return st;
+    *n += got;
+    if (cap - *n < kRecord) return tls::Status::Ok;
+  }
 }
 
 bool constant_time_equal(const std::string& a, const std::string& b) {
@@ -457,12 +473,11 @@ void Conn::drain_client_tls() {
   while (!closing_ && mode_ == Mode::HttpTls) {
     if ((ex_.active && ex_.req_done) || req_parser_->paused() || after_exchange_pending_) break;
     size_t n = 0;
-    tls::Status st = client_.tls->read(buf, Worker::kPlainBufferSize, &n);
+    tls::Status st = read_records(*client_.tls, buf, Worker::kPlainBufferSize, &n);
     append_tls_output(client_);  // alerts, or a renegotiation refusal
-    if (st == tls::Status::Ok) {
-      client_plain(reinterpret_cast<const char*>(buf), n);
-      continue;
-    }
+    if (n > 0) client_plain(reinterpret_cast<const char*>(buf), n);
+    if (closing_ || mode_ != Mode::HttpTls) break;
+    if (st == tls::Status::Ok) continue;
     if (st == tls::Status::WantRead) break;
     if (st == tls::Status::Closed) {
       client_eof();
@@ -1119,17 +1134,19 @@ void Conn::upstream_data(Upstream* u, const char* data, size_t n) {
     update_reads();
     return;
   }
+  // What this read produces for the client leaves in one write, not one
+  // per record.
+  client_.corked = true;
   if (u->side.tls) {
     u->side.tls->feed(reinterpret_cast<const uint8_t*>(data), n);
     uint8_t* buf = w_.plain_buffer();
     while (!closing_ && up_ == u) {
       size_t got = 0;
-      tls::Status st = u->side.tls->read(buf, Worker::kPlainBufferSize, &got);
+      tls::Status st = read_records(*u->side.tls, buf, Worker::kPlainBufferSize, &got);
       append_tls_output(u->side);
-      if (st == tls::Status::Ok) {
-        resp_parse(u, reinterpret_cast<const char*>(buf), got);
-        continue;
-      }
+      if (got > 0) resp_parse(u, reinterpret_cast<const char*>(buf), got);
+      if (closing_ || up_ != u) break;
+      if (st == tls::Status::Ok) continue;
       if (st == tls::Status::WantRead) break;
       if (st == tls::Status::Closed) {
         upstream_eof(u);
@@ -1141,6 +1158,8 @@ void Conn::upstream_data(Upstream* u, const char* data, size_t n) {
   } else {
     resp_parse(u, data, n);
   }
+  client_.corked = false;
+  if (!closing_) flush(client_);
   if (after_exchange_pending_ && !closing_) after_exchange();
   if (!closing_) update_reads();
 }
@@ -1299,6 +1318,7 @@ void Conn::graceful_close() {
 // --- Plumbing ---------------------------------------------------------------
 
 void Conn::flush(Side& s) {
+  if (s.corked) return;  // the corker flushes when it is done
   if (!s.inited || s.wpending || s.queue.empty() || closing_) {
     maybe_shutdown(s);
     return;

@@ -62,6 +62,7 @@ struct Side {
   bool eof = false;       // the peer sent FIN
   bool shut = false;      // we sent FIN
   bool want_shut = false; // send FIN once the queue is flushed
+  bool corked = false;    // flush() waits: a batch is being built
   uint64_t bytes_in = 0, bytes_out = 0;
   bool busy() const { return wpending || !queue.empty(); }
 };

@@ -1,9 +1,10 @@
 // JSON-line logging (cJSON) to <log-dir>/core.log, one object per line, in
 // the shape Dragonfly's core.log has ("level", "ts", "msg", then fields), so
 // `grep "peer task done"` and jq work on it. Thread-safe: every thread may
-// log; a line is written with one write(2) on an O_APPEND descriptor, so lines
-// from several threads never interleave. reopen() is for log rotation
-// (SIGUSR1) and may run on any thread.
+// log. Lines are queued and written by one writer thread in batches, so an
+// event loop never waits for the disk; lines never interleave. reopen() is
+// for log rotation (SIGUSR1) and may run on any thread; close() writes what
+// is queued before it returns.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +23,8 @@ bool parse_level(std::string_view s, Level* out);
 // go to stderr. Returns false and sets *err when the file cannot be opened.
 bool log_open(const std::string& dir, std::string* err);
 bool log_reopen(std::string* err);
+// Waits until every line logged so far is written (tests, shutdown).
+void log_flush();
 void log_close();
 void log_set_level(Level l);
 bool log_enabled(Level l);

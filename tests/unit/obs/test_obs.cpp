@@ -40,6 +40,7 @@ void test_log_lines_are_json(void**) {
   shoal::obs::log_info("peer task done, cost: 12ms").str("peer", "p1").str("task", "t\"1").num("size", 42);
   shoal::obs::log_debug("hidden").str("x", "y");
   shoal::obs::log_warn("careful").boolean("flag", true).dbl("ratio", 0.5);
+  shoal::obs::log_flush();
   auto lines = read_lines(dir + "/logs/core.log");
   assert_int_equal(lines.size(), 2);
   cJSON* o = cJSON_Parse(lines[0].c_str());
@@ -61,10 +62,13 @@ void test_log_reopen_after_rotation(void**) {
   std::string err;
   assert_true(shoal::obs::log_open(dir, &err));
   shoal::obs::log_info("before");
+  shoal::obs::log_flush();
   assert_int_equal(rename((dir + "/core.log").c_str(), (dir + "/core.log.1").c_str()), 0);
   shoal::obs::log_info("still old file");
+  shoal::obs::log_flush();
   assert_true(shoal::obs::log_reopen(&err));
   shoal::obs::log_info("after");
+  shoal::obs::log_flush();
   assert_int_equal(read_lines(dir + "/core.log.1").size(), 2);
   auto fresh = read_lines(dir + "/core.log");
   assert_int_equal(fresh.size(), 1);
