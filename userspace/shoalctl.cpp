@@ -47,7 +47,8 @@ void print_status(const cJSON* o) {
          static_cast<int>(up / 3600), static_cast<int>(up / 60) % 60, static_cast<int>(up) % 60);
   printf("config       %s\n", str(o, "config"));
   printf("peer         %s\n", str(o, "peer"));
-  printf("mode         %s, %d workers, TLS interception %s\n", str(o, "mode"), static_cast<int>(num(o, "workers")),
+  printf("mode         %s, %d workers, TLS interception %s\n", str(o, "mode"),
+         static_cast<int>(num(o, "workers")),
          cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "hijack")) ? "on" : "off");
   const cJSON* ls = cJSON_GetObjectItemCaseSensitive(o, "listeners");
   const cJSON* l = nullptr;

@@ -108,7 +108,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!explicit_config && !opts.embedded_default) {
-    struct stat st{};
+    struct stat st {};
     if (stat(kDefaultConfig, &st) == 0) opts.config_path = kDefaultConfig;
   }
   if (opts.embedded_default) opts.config_path.clear();

@@ -134,8 +134,7 @@ class TreeBuilder {
     }
     switch (in->type) {
       case YAML_SCALAR_NODE: {
-        out->text.assign(reinterpret_cast<const char*>(in->data.scalar.value),
-                         in->data.scalar.length);
+        out->text.assign(reinterpret_cast<const char*>(in->data.scalar.value), in->data.scalar.length);
         // Only a plain (unquoted) scalar can spell null: "" and '~' are strings.
         const bool plain = in->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
         out->type = plain && is_null_spelling(out->text) ? Node::Type::kNull : Node::Type::kScalar;
@@ -143,21 +142,18 @@ class TreeBuilder {
       }
       case YAML_MAPPING_NODE: {
         out->type = Node::Type::kMap;
-        for (const yaml_node_pair_t* p = in->data.mapping.pairs.start;
-             p < in->data.mapping.pairs.top; ++p) {
+        for (const yaml_node_pair_t* p = in->data.mapping.pairs.start; p < in->data.mapping.pairs.top; ++p) {
           out->kids.emplace_back();
-          if (!build(yaml_document_get_node(doc_, p->key), depth + 1, &out->kids.back()))
-            return false;
+          if (!build(yaml_document_get_node(doc_, p->key), depth + 1, &out->kids.back())) return false;
           out->kids.emplace_back();
-          if (!build(yaml_document_get_node(doc_, p->value), depth + 1, &out->kids.back()))
-            return false;
+          if (!build(yaml_document_get_node(doc_, p->value), depth + 1, &out->kids.back())) return false;
         }
         return true;
       }
       case YAML_SEQUENCE_NODE: {
         out->type = Node::Type::kList;
-        for (const yaml_node_item_t* it = in->data.sequence.items.start;
-             it < in->data.sequence.items.top; ++it) {
+        for (const yaml_node_item_t* it = in->data.sequence.items.start; it < in->data.sequence.items.top;
+             ++it) {
           out->kids.emplace_back();
           if (!build(yaml_document_get_node(doc_, *it), depth + 1, &out->kids.back())) return false;
         }
@@ -204,8 +200,7 @@ bool parse_yaml(std::string_view text, int file, const std::string& name, Node* 
     diags->push_back(Diag{name, 0, 0, "", "cannot initialise the YAML parser", false});
     return false;
   }
-  yaml_parser_set_input_string(&parser, reinterpret_cast<const unsigned char*>(text.data()),
-                               text.size());
+  yaml_parser_set_input_string(&parser, reinterpret_cast<const unsigned char*>(text.data()), text.size());
   auto syntax_error = [&]() {
     Diag d{name, 0, 0, "", "", false};
     if (parser.error == YAML_READER_ERROR) {
@@ -534,9 +529,8 @@ constexpr Use S = Use::kShoal;
 // Dragonfly's ListenOption.security. "cacert" is the spelling in Dragonfly's
 // sample dfget.yaml (Dragonfly itself reads caCert and silently drops it).
 constexpr Key kSecurityKeys[] = {
-    {"insecure", K::kBool, I}, {"caCert", K::kStr, I}, {"cacert", K::kStr, I},
-    {"cert", K::kStr, I},      {"key", K::kStr, I},    {"tlsVerify", K::kBool, I},
-    {"tlsConfig", K::kAny, I},
+    {"insecure", K::kBool, I}, {"caCert", K::kStr, I},     {"cacert", K::kStr, I},    {"cert", K::kStr, I},
+    {"key", K::kStr, I},       {"tlsVerify", K::kBool, I}, {"tlsConfig", K::kAny, I},
 };
 constexpr Schema kSecurity{kSecurityKeys};
 constexpr Key kPortRangeKeys[] = {{"start", K::kPortNum, D}, {"end", K::kPortNum, D}};
@@ -578,11 +572,10 @@ constexpr Key kHostKeys[] = {{"idc", K::kStr, I},        {"location", K::kStr, I
                              {"listenIP", K::kStr, I},   {"securityDomain", K::kStr, I},
                              {"netTopology", K::kStr, I}};
 constexpr Schema kHost{kHostKeys};
-constexpr Key kTransportKeys[] = {
-    {"dialTimeout", K::kDur, I},           {"keepAlive", K::kDur, I},
-    {"maxIdleConns", K::kInt, I},          {"idleConnTimeout", K::kDur, I},
-    {"responseHeaderTimeout", K::kDur, I}, {"tlsHandshakeTimeout", K::kDur, I},
-    {"expectContinueTimeout", K::kDur, I}};
+constexpr Key kTransportKeys[] = {{"dialTimeout", K::kDur, I},           {"keepAlive", K::kDur, I},
+                                  {"maxIdleConns", K::kInt, I},          {"idleConnTimeout", K::kDur, I},
+                                  {"responseHeaderTimeout", K::kDur, I}, {"tlsHandshakeTimeout", K::kDur, I},
+                                  {"expectContinueTimeout", K::kDur, I}};
 constexpr Schema kTransport{kTransportKeys};
 constexpr Key kConcurrentKeys[] = {{"thresholdSize", K::kStr, I},  {"thresholdSpeed", K::kStr, I},
                                    {"goroutineCount", K::kInt, I}, {"initBackoff", K::kNum, I},
@@ -625,11 +618,10 @@ constexpr Key kObjectStorageKeys[] = {
     {"unixListen", K::kMap, I, &kUnixListen},
 };
 constexpr Schema kObjectStorage{kObjectStorageKeys};
-constexpr Key kStorageKeys[] = {
-    {"dataPath", K::kStr, I},        {"taskExpireTime", K::kDur, I},
-    {"diskGCThreshold", K::kStr, I}, {"diskGCThresholdPercent", K::kNum, I},
-    {"multiplex", K::kBool, I},      {"strategy", K::kStr, I},
-    {"writeBufferSize", K::kStr, I}};
+constexpr Key kStorageKeys[] = {{"dataPath", K::kStr, I},        {"taskExpireTime", K::kDur, I},
+                                {"diskGCThreshold", K::kStr, I}, {"diskGCThresholdPercent", K::kNum, I},
+                                {"multiplex", K::kBool, I},      {"strategy", K::kStr, I},
+                                {"writeBufferSize", K::kStr, I}};
 constexpr Schema kStorage{kStorageKeys};
 constexpr Key kHealthKeys[] = {{"security", K::kMap, I, &kSecurity},
                                {"tcpListen", K::kMap, I, &kTcpListen},
@@ -673,13 +665,10 @@ constexpr Key kHijackKeys[] = {{"cert", K::kStr, D},
 constexpr Schema kHijack{kHijackKeys};
 constexpr Key kBasicAuthKeys[] = {{"username", K::kStr, D}, {"password", K::kStr, D}};
 constexpr Schema kBasicAuth{kBasicAuthKeys};
-constexpr Key kWhiteListKeys[] = {
-    {"host", K::kStr, D}, {"regx", K::kStr, D}, {"ports", K::kPortList, D}};
+constexpr Key kWhiteListKeys[] = {{"host", K::kStr, D}, {"regx", K::kStr, D}, {"ports", K::kPortList, D}};
 constexpr Schema kWhiteList{kWhiteListKeys};
-constexpr Key kRuleKeys[] = {{"regx", K::kStr, D},
-                             {"useHTTPS", K::kBool, D},
-                             {"direct", K::kBool, D},
-                             {"redirect", K::kStr, D}};
+constexpr Key kRuleKeys[] = {
+    {"regx", K::kStr, D}, {"useHTTPS", K::kBool, D}, {"direct", K::kBool, D}, {"redirect", K::kStr, D}};
 constexpr Schema kRule{kRuleKeys};
 constexpr Key kProxyKeys[] = {
     {"security", K::kMap, I, &kSecurity},
@@ -712,8 +701,7 @@ constexpr Key kShutdownKeys[] = {{"grace", K::kDur, S}};
 constexpr Schema kShutdown{kShutdownKeys};
 constexpr Key kTlsKeys[] = {{"trustStore", K::kStr, S}, {"leafCacheSize", K::kInt, S}};
 constexpr Schema kTls{kTlsKeys};
-constexpr Key kTimeoutsKeys[] = {
-    {"header", K::kDur, S}, {"idle", K::kDur, S}, {"connect", K::kDur, S}};
+constexpr Key kTimeoutsKeys[] = {{"header", K::kDur, S}, {"idle", K::kDur, S}, {"connect", K::kDur, S}};
 constexpr Schema kTimeouts{kTimeoutsKeys};
 
 constexpr Key kTopKeys[] = {
@@ -841,9 +829,7 @@ std::string join(const std::string& path, std::string_view key) {
   return path.empty() ? std::string(key) : path + "." + std::string(key);
 }
 
-std::string at_index(const std::string& path, size_t i) {
-  return path + "[" + std::to_string(i) + "]";
-}
+std::string at_index(const std::string& path, size_t i) { return path + "[" + std::to_string(i) + "]"; }
 
 // A key and its value found in a mapping; both null when absent.
 struct Found {
@@ -886,8 +872,8 @@ class Validator {
 
  private:
   void diag(const Node& at, const std::string& path, std::string msg, bool warning) {
-    diags_->push_back(Diag{doc_.files[static_cast<size_t>(at.file)].name, at.line, at.col, path,
-                           std::move(msg), warning});
+    diags_->push_back(
+        Diag{doc_.files[static_cast<size_t>(at.file)].name, at.line, at.col, path, std::move(msg), warning});
   }
   void error(const Node& at, const std::string& path, std::string msg) {
     diag(at, path, std::move(msg), false);
@@ -974,8 +960,7 @@ class Validator {
       case K::kPortList:
         if (!expect(v, Node::Type::kList, "a list", path)) return;
         for (size_t i = 0; i < v.kids.size(); ++i)
-          check_scalar(v.kids[i], k.kind == K::kPortList ? K::kPortNum : K::kStr,
-                       at_index(path, i));
+          check_scalar(v.kids[i], k.kind == K::kPortList ? K::kPortNum : K::kStr, at_index(path, i));
         return;
       case K::kPort:
         if (v.type == Node::Type::kMap) {
@@ -1057,9 +1042,7 @@ class Validator {
     return f.value && f.value->type != Node::Type::kNull && f.value->type != Node::Type::kScalar;
   }
   static const Node* map_of(const Found& f) { return f.has(Node::Type::kMap) ? f.value : nullptr; }
-  static const Node* list_of(const Found& f) {
-    return f.has(Node::Type::kList) ? f.value : nullptr;
-  }
+  static const Node* list_of(const Found& f) { return f.has(Node::Type::kList) ? f.value : nullptr; }
 
   // A port number 1-65535 (an int, or a string holding one, as Dragonfly's
   // whiteList ports are strings); reports and returns nullopt otherwise.
@@ -1116,8 +1099,7 @@ class Validator {
     extract_white_list(pm, c);
     if (auto v = int_of(find(pm, "maxConcurrency"))) {
       if (*v < 0)
-        error(find(pm, "maxConcurrency").at(), "proxy.maxConcurrency",
-              "must be 0 (no limit) or more");
+        error(find(pm, "maxConcurrency").at(), "proxy.maxConcurrency", "must be 0 (no limit) or more");
       else
         c->max_concurrency = *v;
     }
@@ -1175,13 +1157,13 @@ class Validator {
     const auto pass = str_of(find(m, "password"));
     bool ok = true;
     if (!user || user->empty()) {
-      error(find(m, "username").key ? find(m, "username").at() : *ba.key,
-            "proxy.basicAuth.username", "basicAuth needs a username");
+      error(find(m, "username").key ? find(m, "username").at() : *ba.key, "proxy.basicAuth.username",
+            "basicAuth needs a username");
       ok = false;
     }
     if (!pass || pass->empty()) {
-      error(find(m, "password").key ? find(m, "password").at() : *ba.key,
-            "proxy.basicAuth.password", "basicAuth needs a password");
+      error(find(m, "password").key ? find(m, "password").at() : *ba.key, "proxy.basicAuth.password",
+            "basicAuth needs a password");
       ok = false;
     }
     if (!ok) return;
@@ -1209,12 +1191,10 @@ class Validator {
       }
       if (const Node* ports = list_of(find(&item, "ports"))) {
         for (size_t j = 0; j < ports->kids.size(); ++j)
-          if (auto p = port_value(ports->kids[j], at_index(join(path, "ports"), j)))
-            w.ports.push_back(*p);
+          if (auto p = port_value(ports->kids[j], at_index(join(path, "ports"), j))) w.ports.push_back(*p);
       }
       if (w.host.empty() && w.regx.empty())
-        warn(item, path,
-             "matches no host (give host or regx); requests it was meant for are refused");
+        warn(item, path, "matches no host (give host or regx); requests it was meant for are refused");
       c->white_list.push_back(std::move(w));
     }
   }
@@ -1331,8 +1311,7 @@ class Validator {
       for (size_t i = 0; i < l->kids.size(); ++i) {
         const auto p = port_value(l->kids[i], at_index("proxy.connectPorts", i));
         if (!p) continue;
-        if (std::find(c->connect_ports.begin(), c->connect_ports.end(), *p) !=
-            c->connect_ports.end())
+        if (std::find(c->connect_ports.begin(), c->connect_ports.end(), *p) != c->connect_ports.end())
           warn(l->kids[i], at_index("proxy.connectPorts", i), "port listed twice");
         else
           c->connect_ports.push_back(*p);
@@ -1342,8 +1321,7 @@ class Validator {
     c->connect_ports = {443};
     uint16_t port = 0;
     std::string why;
-    if (c->mirror.present && !c->mirror.url.empty() && parse_url(c->mirror.url, &port, &why) &&
-        port != 443)
+    if (c->mirror.present && !c->mirror.url.empty() && parse_url(c->mirror.url, &port, &why) && port != 443)
       c->connect_ports.push_back(port);
   }
 
@@ -1377,8 +1355,8 @@ class Validator {
     const Found lv2 = find(map_of(log), "level");
     if (lv1.key && lv2.key)
       error(*lv2.key, "log.level",
-            "the log level is given twice: logLevel (" + where(*lv1.key, *lv2.key) +
-                ") and log.level (" + where(*lv2.key, *lv2.key) + "); keep one");
+            "the log level is given twice: logLevel (" + where(*lv1.key, *lv2.key) + ") and log.level (" +
+                where(*lv2.key, *lv2.key) + "); keep one");
     const Found& lv = lv1.key ? lv1 : lv2;
     if (auto s = str_of(lv)) {
       std::string l = lower(*s);
@@ -1417,8 +1395,7 @@ class Validator {
         error(*listen.value, mpath, why + ", got " + describe(*listen.value));
     }
 
-    set_duration(find(map_of(find(top, "shutdown")), "grace"), "shutdown.grace", true,
-                 &c->shutdown_grace_s);
+    set_duration(find(map_of(find(top, "shutdown")), "grace"), "shutdown.grace", true, &c->shutdown_grace_s);
 
     const Node* tls = map_of(find(top, "tls"));
     const Found store = find(tls, "trustStore");
@@ -1464,8 +1441,7 @@ class Validator {
              "serves /metrics on " + c->metrics_listen.addr +
                  ", which is not loopback: anyone who can reach this host can read them");
       if (clash)
-        error(at, path,
-              "port " + std::to_string(c->metrics_listen.port) + " is also the proxy's port");
+        error(at, path, "port " + std::to_string(c->metrics_listen.port) + " is also the proxy's port");
     } else if (clash) {
       const Found port = find(map_of(tl), "port");
       error(port.key ? port.at() : *tl.key, "proxy.tcpListen.port",
@@ -1584,8 +1560,7 @@ void sort_diags(const std::vector<Source>& files, std::vector<Diag>* d) {
   });
 }
 
-LoadResult load_text(const std::string& text, const std::string& name,
-                     const std::string& base_dir) {
+LoadResult load_text(const std::string& text, const std::string& name, const std::string& base_dir) {
   LoadResult r;
   try {
     Doc doc;
@@ -1655,15 +1630,13 @@ LoadResult load_file(const std::string& path) {
     base = dir_of(path);
   } catch (const std::exception& e) {
     LoadResult r;
-    r.diags.push_back(
-        Diag{path, 0, 0, "", std::string("cannot resolve its directory: ") + e.what(), false});
+    r.diags.push_back(Diag{path, 0, 0, "", std::string("cannot resolve its directory: ") + e.what(), false});
     return r;
   }
   return load_text(text, path, base);
 }
 
-LoadResult load_string(const std::string& yaml, const std::string& name,
-                       const std::string& base_dir) {
+LoadResult load_string(const std::string& yaml, const std::string& name, const std::string& base_dir) {
   std::string base = base_dir;
   if (base.empty()) {
     std::error_code ec;
@@ -1692,8 +1665,6 @@ logDir: /var/log/shoal
 )";
 }
 
-LoadResult load_embedded_default() {
-  return load_string(embedded_default_yaml(), kEmbeddedName, "/");
-}
+LoadResult load_embedded_default() { return load_string(embedded_default_yaml(), kEmbeddedName, "/"); }
 
 }  // namespace shoal::config

@@ -53,7 +53,8 @@ bool admin_call(const std::string& socket_path, const std::string& request, std:
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   char buf[4096];
   for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
       *err = "shoald did not answer within " + std::to_string(timeout_ms) + " ms";
       close(fd);

@@ -39,7 +39,8 @@ bool parse_endpoint(const std::string& s, config::Endpoint* out) {
     port = s.substr(colon + 1);
   }
   if (host.empty()) host = "127.0.0.1";
-  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) return false;
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos)
+    return false;
   unsigned long p = std::stoul(port);
   if (p == 0 || p > 65535) return false;
   sockaddr_in6 a6{};
@@ -51,8 +52,8 @@ bool parse_endpoint(const std::string& s, config::Endpoint* out) {
 }
 
 config::LoadResult load_config(const Options& opts) {
-  config::LoadResult lr = opts.config_path.empty() ? config::load_embedded_default()
-                                                   : config::load_file(opts.config_path);
+  config::LoadResult lr =
+      opts.config_path.empty() ? config::load_embedded_default() : config::load_file(opts.config_path);
   if (!lr.ok()) return lr;
   auto c = std::make_shared<config::Config>(*lr.config);
   const Overrides& o = opts.overrides;
@@ -198,7 +199,12 @@ int Daemon::run() {
       w->start();
       w->join();
     }
-    uv_walk(&loop_, [](uv_handle_t* h, void*) { if (!uv_is_closing(h)) uv_close(h, nullptr); }, nullptr);
+    uv_walk(
+        &loop_,
+        [](uv_handle_t* h, void*) {
+          if (!uv_is_closing(h)) uv_close(h, nullptr);
+        },
+        nullptr);
     uv_run(&loop_, UV_RUN_DEFAULT);
     uv_loop_close(&loop_);
     return rc;
@@ -313,7 +319,7 @@ int Daemon::setup_admin(std::string* err) {
     }
   }
   // A socket file left by a dead daemon is removed; one that answers is not.
-  struct stat st{};
+  struct stat st {};
   if (lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
       *err = "admin socket path " + path + " exists and is not a socket";
@@ -398,7 +404,8 @@ void Daemon::on_admin_conn(uv_stream_t* server, int status) {
         auto* cc = static_cast<AdminConn*>(s->data);
         if (cc->answered) return;
         if (n < 0 || cc->in.size() > 64 * 1024) {
-          uv_close(reinterpret_cast<uv_handle_t*>(&cc->pipe), [](uv_handle_t* h) { delete static_cast<AdminConn*>(h->data); });
+          uv_close(reinterpret_cast<uv_handle_t*>(&cc->pipe),
+                   [](uv_handle_t* h) { delete static_cast<AdminConn*>(h->data); });
           return;
         }
         cc->in.append(buf->base, static_cast<size_t>(n));
@@ -435,7 +442,8 @@ void Daemon::admin_request(AdminConn* c) {
   c->wr.data = c;
   uv_write(&c->wr, reinterpret_cast<uv_stream_t*>(&c->pipe), &b, 1, [](uv_write_t* w, int) {
     auto* cc = static_cast<AdminConn*>(w->data);
-    uv_close(reinterpret_cast<uv_handle_t*>(&cc->pipe), [](uv_handle_t* h) { delete static_cast<AdminConn*>(h->data); });
+    uv_close(reinterpret_cast<uv_handle_t*>(&cc->pipe),
+             [](uv_handle_t* h) { delete static_cast<AdminConn*>(h->data); });
   });
 }
 
@@ -466,7 +474,8 @@ std::string Daemon::status_json() {
   add_l("admin", cfg_->admin_socket);
   cJSON_AddNumberToObject(o, "connections_active", static_cast<double>(shared_.active()));
   cJSON* counters = cJSON_AddObjectToObject(o, "counters");
-  for (const auto& kv : obs::metrics().snapshot()) cJSON_AddNumberToObject(counters, kv.first.c_str(), kv.second);
+  for (const auto& kv : obs::metrics().snapshot())
+    cJSON_AddNumberToObject(counters, kv.first.c_str(), kv.second);
   char* t = cJSON_PrintUnformatted(o);
   std::string s = t;
   cJSON_free(t);
@@ -502,7 +511,8 @@ void Daemon::on_metrics_conn(uv_stream_t* server, int status) {
   uv_tcp_init(&d->loop_, &c->tcp);
   c->tcp.data = c;
   if (uv_accept(server, reinterpret_cast<uv_stream_t*>(&c->tcp)) != 0) {
-    uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), [](uv_handle_t* h) { delete static_cast<MetricsConn*>(h->data); });
+    uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp),
+             [](uv_handle_t* h) { delete static_cast<MetricsConn*>(h->data); });
     return;
   }
   uv_read_start(
@@ -515,7 +525,8 @@ void Daemon::on_metrics_conn(uv_stream_t* server, int status) {
         auto* cc = static_cast<MetricsConn*>(s->data);
         if (cc->answered) return;
         if (n < 0 || cc->in.size() > 16 * 1024) {
-          uv_close(reinterpret_cast<uv_handle_t*>(&cc->tcp), [](uv_handle_t* h) { delete static_cast<MetricsConn*>(h->data); });
+          uv_close(reinterpret_cast<uv_handle_t*>(&cc->tcp),
+                   [](uv_handle_t* h) { delete static_cast<MetricsConn*>(h->data); });
           return;
         }
         cc->in.append(buf->base, static_cast<size_t>(n));
@@ -553,13 +564,14 @@ void Daemon::metrics_request(MetricsConn* c) {
     body = "not found: try /metrics\n";
   }
   c->out = "HTTP/1.1 " + std::to_string(status) + " " + reason + "\r\nContent-Type: " + ctype +
-            "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
+           "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
   if (!head) c->out += body;
   uv_buf_t b = uv_buf_init(c->out.data(), static_cast<unsigned>(c->out.size()));
   c->wr.data = c;
   uv_write(&c->wr, reinterpret_cast<uv_stream_t*>(&c->tcp), &b, 1, [](uv_write_t* w, int) {
     auto* cc = static_cast<MetricsConn*>(w->data);
-    uv_close(reinterpret_cast<uv_handle_t*>(&cc->tcp), [](uv_handle_t* h) { delete static_cast<MetricsConn*>(h->data); });
+    uv_close(reinterpret_cast<uv_handle_t*>(&cc->tcp),
+             [](uv_handle_t* h) { delete static_cast<MetricsConn*>(h->data); });
   });
 }
 
@@ -582,9 +594,11 @@ void Daemon::on_signal(uv_signal_t* s, int signum) {
 }
 
 void Daemon::reload() {
-  log_info("reloading configuration").str("config", opts_.config_path.empty() ? "<embedded default>" : opts_.config_path);
+  log_info("reloading configuration")
+      .str("config", opts_.config_path.empty() ? "<embedded default>" : opts_.config_path);
   config::LoadResult lr = load_config(opts_);
-  for (const auto& d : lr.diags) (d.warning ? log_warn("configuration") : log_error("configuration")).str("diag", d.str());
+  for (const auto& d : lr.diags)
+    (d.warning ? log_warn("configuration") : log_error("configuration")).str("diag", d.str());
   if (!lr.ok()) {
     log_error("reload failed; keeping the running configuration").str("errors", lr.errors_text());
     return;
@@ -625,7 +639,8 @@ void Daemon::begin_stop(const char* why) {
       .num("connections", static_cast<int64_t>(active))
       .dbl("grace_s", grace_s());
   for (auto& w : workers_) w->stop_accepting();
-  uv_timer_start(&stop_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->check_stop(); }, 50, 50);
+  uv_timer_start(
+      &stop_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->check_stop(); }, 50, 50);
 }
 
 void Daemon::check_stop() {
@@ -638,7 +653,8 @@ void Daemon::check_stop() {
   uint64_t elapsed = uv_now(&loop_) - stop_began_ms_;
   if (!aborted_ && static_cast<double>(elapsed) >= grace_s() * 1000.0) {
     aborted_ = true;
-    log_warn("grace period over: resetting remaining connections").num("connections", static_cast<int64_t>(active));
+    log_warn("grace period over: resetting remaining connections")
+        .num("connections", static_cast<int64_t>(active));
     for (auto& w : workers_) w->abort_all();
   }
 }
@@ -648,7 +664,8 @@ void Daemon::finish() {
   finished_ = true;
   uv_timer_stop(&stop_timer_);
   uv_close(reinterpret_cast<uv_handle_t*>(&stop_timer_), nullptr);
-  for (uv_signal_t* s : {&sig_hup_, &sig_usr1_, &sig_term_, &sig_int_}) uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
+  for (uv_signal_t* s : {&sig_hup_, &sig_usr1_, &sig_term_, &sig_int_})
+    uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
   if (admin_open_) {
     uv_close(reinterpret_cast<uv_handle_t*>(&admin_), nullptr);
     unlink(cfg_->admin_socket.c_str());

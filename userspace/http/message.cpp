@@ -43,8 +43,7 @@ bool parse_port(std::string_view s, uint16_t* out) {
 // a proxy target must not carry credentials (and "a@b" is a classic
 // host-confusion trick). An empty port ("host:") is accepted as absent only
 // when the port is optional.
-bool split_authority(std::string_view a, bool port_required, std::string* host, uint16_t* port,
-                     bool* v6) {
+bool split_authority(std::string_view a, bool port_required, std::string* host, uint16_t* port, bool* v6) {
   if (a.empty() || a.find('@') != std::string_view::npos) return false;
   std::string_view h, p;
   bool has_colon = false;
@@ -110,28 +109,41 @@ size_t headers_size(const std::vector<Header>& headers) {
 
 const char* to_string(Error e) {
   switch (e) {
-    case Error::None: return "none";
-    case Error::BadMessage: return "malformed message";
-    case Error::HeadersTooLarge: return "header block too large";
-    case Error::AmbiguousLength: return "ambiguous message length";
-    case Error::ObsFold: return "obsolete line folding";
-    case Error::BadHeaderValue: return "CR, LF or NUL in a header line";
-    case Error::UnsupportedTE: return "unsupported transfer coding";
-    case Error::Callback: return "rejected by handler";
+    case Error::None:
+      return "none";
+    case Error::BadMessage:
+      return "malformed message";
+    case Error::HeadersTooLarge:
+      return "header block too large";
+    case Error::AmbiguousLength:
+      return "ambiguous message length";
+    case Error::ObsFold:
+      return "obsolete line folding";
+    case Error::BadHeaderValue:
+      return "CR, LF or NUL in a header line";
+    case Error::UnsupportedTE:
+      return "unsupported transfer coding";
+    case Error::Callback:
+      return "rejected by handler";
   }
   return "unknown";
 }
 
 int status_for(Error e) {
   switch (e) {
-    case Error::None: return 200;
-    case Error::HeadersTooLarge: return 431;
-    case Error::UnsupportedTE: return 501;
-    case Error::Callback: return 500;
+    case Error::None:
+      return 200;
+    case Error::HeadersTooLarge:
+      return 431;
+    case Error::UnsupportedTE:
+      return 501;
+    case Error::Callback:
+      return 500;
     case Error::BadMessage:
     case Error::AmbiguousLength:
     case Error::ObsFold:
-    case Error::BadHeaderValue: return 400;
+    case Error::BadHeaderValue:
+      return 400;
   }
   return 400;
 }
@@ -182,8 +194,7 @@ bool parse_absolute_url(std::string_view target, Url* out) {
   return true;
 }
 
-bool parse_authority(std::string_view authority, std::string* host, uint16_t* port,
-                     bool* ipv6_literal) {
+bool parse_authority(std::string_view authority, std::string* host, uint16_t* port, bool* ipv6_literal) {
   std::string h;
   uint16_t p = 0;
   bool v6 = false;
@@ -206,8 +217,7 @@ std::string serialize_request_head(std::string_view method, std::string_view tar
   return out;
 }
 
-std::string serialize_response_head(int status, std::string_view reason,
-                                    const std::vector<Header>& headers) {
+std::string serialize_response_head(int status, std::string_view reason, const std::vector<Header>& headers) {
   std::string out;
   out.reserve(reason.size() + 15 + headers_size(headers));
   out += "HTTP/1.1 ";
@@ -235,38 +245,70 @@ std::string simple_response(int status, std::string_view body, bool keep_alive,
 
 const char* reason_phrase(int status) {
   switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 407: return "Proxy Authentication Required";
-    case 408: return "Request Timeout";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 416: return "Range Not Satisfiable";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Unknown";
+    case 100:
+      return "Continue";
+    case 101:
+      return "Switching Protocols";
+    case 200:
+      return "OK";
+    case 201:
+      return "Created";
+    case 202:
+      return "Accepted";
+    case 204:
+      return "No Content";
+    case 206:
+      return "Partial Content";
+    case 301:
+      return "Moved Permanently";
+    case 302:
+      return "Found";
+    case 303:
+      return "See Other";
+    case 304:
+      return "Not Modified";
+    case 307:
+      return "Temporary Redirect";
+    case 308:
+      return "Permanent Redirect";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 407:
+      return "Proxy Authentication Required";
+    case 408:
+      return "Request Timeout";
+    case 411:
+      return "Length Required";
+    case 413:
+      return "Content Too Large";
+    case 414:
+      return "URI Too Long";
+    case 416:
+      return "Range Not Satisfiable";
+    case 429:
+      return "Too Many Requests";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    default:
+      return "Unknown";
   }
 }
 

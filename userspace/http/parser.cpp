@@ -181,8 +181,8 @@ class HeadScanner {
   bool start_line_ok() const {
     if (!request_) return first_len_ == 5 && std::memcmp(first_, "HTTP/", 5) == 0;
     auto digit = [](char c) { return c >= '0' && c <= '9'; };
-    return last_len_ == 9 && std::memcmp(last_, " HTTP/", 6) == 0 && digit(last_[6]) &&
-           last_[7] == '.' && digit(last_[8]);
+    return last_len_ == 9 && std::memcmp(last_, " HTTP/", 6) == 0 && digit(last_[6]) && last_[7] == '.' &&
+           digit(last_[8]);
   }
 
   size_t bytes_ = 0;      // head bytes so far (start line onwards)
@@ -305,10 +305,11 @@ class ChunkScanner {
 std::string scan_detail(Error e, bool in_chunks, size_t max_bytes) {
   switch (e) {
     case Error::HeadersTooLarge:
-      return (in_chunks ? "trailers over " : "header block over ") + std::to_string(max_bytes) +
-             " bytes";
-    case Error::ObsFold: return "line starting with whitespace (obs-fold)";
-    case Error::BadHeaderValue: return "CR not followed by LF, bare LF or NUL in a field line";
+      return (in_chunks ? "trailers over " : "header block over ") + std::to_string(max_bytes) + " bytes";
+    case Error::ObsFold:
+      return "line starting with whitespace (obs-fold)";
+    case Error::BadHeaderValue:
+      return "CR not followed by LF, bare LF or NUL in a field line";
     default:
       return in_chunks ? "malformed chunk size line or missing CRLF after chunk data"
                        : "malformed start line (line ending, NUL or HTTP-version)";
@@ -343,8 +344,10 @@ Error map_errno(http_errno e) {
   switch (e) {
     case HPE_UNEXPECTED_CONTENT_LENGTH:  // duplicate CL, or TE with CL
       return Error::AmbiguousLength;
-    case HPE_HEADER_OVERFLOW: return Error::HeadersTooLarge;
-    case HPE_INVALID_TRANSFER_ENCODING: return Error::UnsupportedTE;
+    case HPE_HEADER_OVERFLOW:
+      return Error::HeadersTooLarge;
+    case HPE_INVALID_TRANSFER_ENCODING:
+      return Error::UnsupportedTE;
     case HPE_CB_message_begin:
     case HPE_CB_url:
     case HPE_CB_header_field:
@@ -354,8 +357,10 @@ Error map_errno(http_errno e) {
     case HPE_CB_message_complete:
     case HPE_CB_status:
     case HPE_CB_chunk_header:
-    case HPE_CB_chunk_complete: return Error::Callback;
-    default: return Error::BadMessage;
+    case HPE_CB_chunk_complete:
+      return Error::Callback;
+    default:
+      return Error::BadMessage;
   }
 }
 
@@ -486,8 +491,7 @@ struct Parser::Impl {
 
     bool te_present = false;
     bool te_ok = te_is_plain_chunked(h, &te_present);
-    if (te_present && !te_ok)
-      return m.fail(Error::UnsupportedTE, "transfer coding other than chunked");
+    if (te_present && !te_ok) return m.fail(Error::UnsupportedTE, "transfer coding other than chunked");
     bool chunked = (p->flags & F_CHUNKED) != 0;
     if (te_present != chunked) return m.fail(Error::BadMessage, "unparsable Transfer-Encoding");
     h.chunked = chunked;
@@ -536,8 +540,7 @@ struct Parser::Impl {
   static int on_body(http_parser* p, const char* at, size_t len) {
     Impl& m = of(p);
     if (len == 0) return 0;
-    if (m.handler->on_body(at, len) != 0)
-      return m.fail(Error::Callback, "on_body refused the data");
+    if (m.handler->on_body(at, len) != 0) return m.fail(Error::Callback, "on_body refused the data");
     return 0;
   }
 
@@ -548,8 +551,7 @@ struct Parser::Impl {
     m.scanner.reset(m.kind);
     m.chunked_body = false;
     ++m.completed;
-    if (m.handler->on_message_complete() != 0)
-      return m.fail(Error::Callback, "on_message_complete failed");
+    if (m.handler->on_message_complete() != 0) return m.fail(Error::Callback, "on_message_complete failed");
     // Hand control back to feed() after every message; see the top of file.
     if (HTTP_PARSER_ERRNO(p) == HPE_OK) http_parser_pause(p, 1);
     return 0;
@@ -664,8 +666,7 @@ void Parser::feed_eof() {
   if (e == HPE_PAUSED) {
     http_parser_pause(&m.hp, 0);
   } else if (e != HPE_OK) {
-    m.fail(e == HPE_INVALID_EOF_STATE ? Error::BadMessage : map_errno(e),
-           http_errno_description(e));
+    m.fail(e == HPE_INVALID_EOF_STATE ? Error::BadMessage : map_errno(e), http_errno_description(e));
   }
 }
 

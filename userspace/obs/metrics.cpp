@@ -56,8 +56,8 @@ Gauge& Registry::gauge(const std::string& name, const std::string& help, const s
   return f.gauges.back();
 }
 
-Histogram& Registry::histogram(const std::string& name, const std::string& help,
-                               const std::string& labels, std::vector<double> bounds) {
+Histogram& Registry::histogram(const std::string& name, const std::string& help, const std::string& labels,
+                               std::vector<double> bounds) {
   std::lock_guard<std::mutex> lk(mu_);
   Family& f = family(name, help, Kind::Histogram);
   for (size_t i = 0; i < f.labels.size(); ++i)
@@ -99,7 +99,8 @@ std::string Registry::render() const {
           out += f.name + "_bucket" + with_labels(f.labels[i], "le=\"" + fmt_double(h.bounds()[b]) + "\"") +
                  " " + std::to_string(cum) + "\n";
         }
-        out += f.name + "_bucket" + with_labels(f.labels[i], "le=\"+Inf\"") + " " + std::to_string(h.count()) + "\n";
+        out += f.name + "_bucket" + with_labels(f.labels[i], "le=\"+Inf\"") + " " +
+               std::to_string(h.count()) + "\n";
         out += f.name + "_sum" + with_labels(f.labels[i]) + " " + fmt_double(h.sum()) + "\n";
         out += f.name + "_count" + with_labels(f.labels[i]) + " " + std::to_string(h.count()) + "\n";
       }

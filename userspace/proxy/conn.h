@@ -59,10 +59,10 @@ struct Side {
   bool inited = false;
   bool reading = false;
   bool wpending = false;
-  bool eof = false;       // the peer sent FIN
-  bool shut = false;      // we sent FIN
-  bool want_shut = false; // send FIN once the queue is flushed
-  bool corked = false;    // flush() waits: a batch is being built
+  bool eof = false;        // the peer sent FIN
+  bool shut = false;       // we sent FIN
+  bool want_shut = false;  // send FIN once the queue is flushed
+  bool corked = false;     // flush() waits: a batch is being built
   uint64_t bytes_in = 0, bytes_out = 0;
   bool busy() const { return wpending || !queue.empty(); }
 };
@@ -97,9 +97,9 @@ class Conn : public http::Handler {
   ~Conn() override;
   // Takes the accepted socket; returns false (and the Conn frees itself) on failure.
   bool start(uv_stream_t* server);
-  void drain();           // daemon stops: close when idle, no more keep-alive
-  void abort();           // reset now
-  Conn* next = nullptr;   // Worker's intrusive list
+  void drain();          // daemon stops: close when idle, no more keep-alive
+  void abort();          // reset now
+  Conn* next = nullptr;  // Worker's intrusive list
   Conn* prev = nullptr;
 
   // http::Handler for the client's requests.

@@ -25,8 +25,8 @@ bool add_trust(tls::TrustStore& store, const std::string& path, std::string* err
 
 }  // namespace
 
-std::shared_ptr<const Runtime> Runtime::build(std::shared_ptr<const config::Config> cfg,
-                                              uint64_t generation, std::string* err) {
+std::shared_ptr<const Runtime> Runtime::build(std::shared_ptr<const config::Config> cfg, uint64_t generation,
+                                              std::string* err) {
   auto rt = std::make_shared<Runtime>();
   rt->cfg = cfg;
   rt->generation = generation;
@@ -93,7 +93,8 @@ int Runtime::rule_index(const std::string& url, rules::Scratch& scratch) const {
 TrustChoice Runtime::trust_for(const std::string& host, uint16_t port, rules::Scratch& scratch) const {
   TrustChoice tc;
   tc.store = base_trust;
-  if (has_mirror && http::iequals(host, mirror.host) && port == mirror.port) tc.insecure = cfg->mirror.insecure;
+  if (has_mirror && http::iequals(host, mirror.host) && port == mirror.port)
+    tc.insecure = cfg->mirror.insecure;
   std::string key;
   std::string hp = host + ":" + std::to_string(port);
   for (size_t i = 0; i < hijack_each.size(); ++i) {
@@ -134,8 +135,7 @@ bool Runtime::white_listed(const std::string& host, uint16_t port, rules::Scratc
     if (!host_ok && white_regx[i] && white_regx[i]->first_match(host, scratch) >= 0) host_ok = true;
     if (wl[i].host.empty() && !white_regx[i]) host_ok = true;
     if (!host_ok) continue;
-    if (wl[i].ports.empty() ||
-        std::find(wl[i].ports.begin(), wl[i].ports.end(), port) != wl[i].ports.end())
+    if (wl[i].ports.empty() || std::find(wl[i].ports.begin(), wl[i].ports.end(), port) != wl[i].ports.end())
       return true;
   }
   return false;

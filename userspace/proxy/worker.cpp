@@ -67,7 +67,8 @@ int Worker::listen(const std::string& addr, uint16_t port, std::string* err) {
   if (r == 0) r = uv_listen(reinterpret_cast<uv_stream_t*>(t), 1024, on_connection);
   if (r != 0) {
     *err = "cannot listen on " + addr + ":" + std::to_string(port) + ": " + uv_strerror(r);
-    uv_close(reinterpret_cast<uv_handle_t*>(t), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+    uv_close(reinterpret_cast<uv_handle_t*>(t),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
     uv_run(&loop_, UV_RUN_NOWAIT);
     return r;
   }
@@ -76,9 +77,7 @@ int Worker::listen(const std::string& addr, uint16_t port, std::string* err) {
 }
 
 void Worker::start() {
-  thread_ = std::thread([this] {
-    uv_run(&loop_, UV_RUN_DEFAULT);
-  });
+  thread_ = std::thread([this] { uv_run(&loop_, UV_RUN_DEFAULT); });
 }
 
 void Worker::join() {
@@ -111,7 +110,8 @@ void Worker::stop_accepting() {
   post([this] {
     draining_ = true;
     for (auto* t : listeners_) {
-      uv_close(reinterpret_cast<uv_handle_t*>(t), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+      uv_close(reinterpret_cast<uv_handle_t*>(t),
+               [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
     }
     listeners_.clear();
     // drain() may free the Conn: step with a saved next pointer.
@@ -211,8 +211,10 @@ void Worker::add_conn(Conn* c) {
 }
 
 void Worker::remove_conn(Conn* c) {
-  if (c->prev) c->prev->next = c->next;
-  else conns_ = c->next;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    conns_ = c->next;
   if (c->next) c->next->prev = c->prev;
   c->next = c->prev = nullptr;
   conn_count_.fetch_sub(1);

@@ -27,28 +27,43 @@ std::atomic<uint64_t> g_next_serial{1};
 
 const char* hs_error_name(hs_error_t e) {
   switch (e) {
-    case HS_SUCCESS: return "HS_SUCCESS";
-    case HS_INVALID: return "HS_INVALID";
-    case HS_NOMEM: return "HS_NOMEM";
-    case HS_SCAN_TERMINATED: return "HS_SCAN_TERMINATED";
-    case HS_COMPILER_ERROR: return "HS_COMPILER_ERROR";
-    case HS_DB_VERSION_ERROR: return "HS_DB_VERSION_ERROR";
-    case HS_DB_PLATFORM_ERROR: return "HS_DB_PLATFORM_ERROR";
-    case HS_DB_MODE_ERROR: return "HS_DB_MODE_ERROR";
-    case HS_BAD_ALIGN: return "HS_BAD_ALIGN";
-    case HS_BAD_ALLOC: return "HS_BAD_ALLOC";
-    case HS_SCRATCH_IN_USE: return "HS_SCRATCH_IN_USE";
-    case HS_ARCH_ERROR: return "HS_ARCH_ERROR";
-    case HS_INSUFFICIENT_SPACE: return "HS_INSUFFICIENT_SPACE";
-    case HS_UNKNOWN_ERROR: return "HS_UNKNOWN_ERROR";
-    default: return "unknown Hyperscan error";
+    case HS_SUCCESS:
+      return "HS_SUCCESS";
+    case HS_INVALID:
+      return "HS_INVALID";
+    case HS_NOMEM:
+      return "HS_NOMEM";
+    case HS_SCAN_TERMINATED:
+      return "HS_SCAN_TERMINATED";
+    case HS_COMPILER_ERROR:
+      return "HS_COMPILER_ERROR";
+    case HS_DB_VERSION_ERROR:
+      return "HS_DB_VERSION_ERROR";
+    case HS_DB_PLATFORM_ERROR:
+      return "HS_DB_PLATFORM_ERROR";
+    case HS_DB_MODE_ERROR:
+      return "HS_DB_MODE_ERROR";
+    case HS_BAD_ALIGN:
+      return "HS_BAD_ALIGN";
+    case HS_BAD_ALLOC:
+      return "HS_BAD_ALLOC";
+    case HS_SCRATCH_IN_USE:
+      return "HS_SCRATCH_IN_USE";
+    case HS_ARCH_ERROR:
+      return "HS_ARCH_ERROR";
+    case HS_INSUFFICIENT_SPACE:
+      return "HS_INSUFFICIENT_SPACE";
+    case HS_UNKNOWN_ERROR:
+      return "HS_UNKNOWN_ERROR";
+    default:
+      return "unknown Hyperscan error";
   }
 }
 
 // Keeps the lowest id. Matches arrive in end-offset order, so a later
 // callback may still bring a lower id; only id 0 cannot be beaten.
-int on_match(unsigned int id, unsigned long long /*from*/, unsigned long long /*to*/,
-             unsigned int /*flags*/, void* ctx) {
+int on_match(unsigned int id, unsigned long long /*from*/, unsigned long long /*to*/, unsigned int /*flags*/,
+             void* ctx) {
   unsigned int* best = static_cast<unsigned int*>(ctx);
   if (id < *best) *best = id;
   return *best == 0 ? 1 : 0;  // nonzero stops the scan
@@ -92,9 +107,9 @@ std::shared_ptr<const PatternSet> PatternSet::compile(const std::vector<std::str
     ids.push_back(static_cast<unsigned int>(i));
   }
   hs_compile_error_t* cerr = nullptr;
-  hs_error_t rc = hs_compile_multi(exprs.data(), flags.data(), ids.data(),
-                                   static_cast<unsigned int>(exprs.size()), HS_MODE_BLOCK, nullptr,
-                                   &set->db_, &cerr);
+  hs_error_t rc =
+      hs_compile_multi(exprs.data(), flags.data(), ids.data(), static_cast<unsigned int>(exprs.size()),
+                       HS_MODE_BLOCK, nullptr, &set->db_, &cerr);
   if (rc != HS_SUCCESS) {
     if (cerr) {
       report(cerr->expression, cerr->message ? cerr->message : hs_error_name(rc));
@@ -113,8 +128,7 @@ int PatternSet::first_match(std::string_view text, Scratch& scratch) const {
   unsigned int best = UINT_MAX;
   // hs_scan wants a non-null pointer even for an empty text.
   const char* data = text.data() ? text.data() : "";
-  hs_error_t rc =
-      hs_scan(db_, data, static_cast<unsigned int>(text.size()), 0, scratch.s_, on_match, &best);
+  hs_error_t rc = hs_scan(db_, data, static_cast<unsigned int>(text.size()), 0, scratch.s_, on_match, &best);
   if (rc != HS_SUCCESS && rc != HS_SCAN_TERMINATED) return -1;
   return best == UINT_MAX ? -1 : static_cast<int>(best);
 }

@@ -82,8 +82,8 @@ Clock::time_point to_time_point(const mbedtls_x509_time& t) {
 
 std::string format_x509_time(const mbedtls_x509_time& t) {
   char buf[40];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02d %02d:%02d:%02d UTC", t.year, t.mon, t.day, t.hour,
-                t.min, t.sec);
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02d %02d:%02d:%02d UTC", t.year, t.mon, t.day, t.hour, t.min,
+                t.sec);
   return buf;
 }
 
@@ -122,12 +122,11 @@ int write_len_tag(unsigned char** p, unsigned char* start, size_t len, unsigned 
 }
 
 // One GeneralName: an IMPLICIT context tag over raw bytes.
-int write_general_name(unsigned char** p, unsigned char* start, unsigned char tag,
-                       const unsigned char* v, size_t n) {
+int write_general_name(unsigned char** p, unsigned char* start, unsigned char tag, const unsigned char* v,
+                       size_t n) {
   int ret = mbedtls_asn1_write_raw_buffer(p, start, v, n);
   if (ret < 0) return ret;
-  int hdr =
-      write_len_tag(p, start, n, static_cast<unsigned char>(MBEDTLS_ASN1_CONTEXT_SPECIFIC | tag));
+  int hdr = write_len_tag(p, start, n, static_cast<unsigned char>(MBEDTLS_ASN1_CONTEXT_SPECIFIC | tag));
   return hdr < 0 ? hdr : ret + hdr;
 }
 
@@ -142,8 +141,7 @@ int write_san(unsigned char** p, unsigned char* start, const std::string& name, 
   int ret;
   size_t len = 0;
   if (ip_len == 0) {
-    ret = write_general_name(p, start, 2, reinterpret_cast<const unsigned char*>(name.data()),
-                             name.size());
+    ret = write_general_name(p, start, 2, reinterpret_cast<const unsigned char*>(name.data()), name.size());
     if (ret < 0) return ret;
     len += static_cast<size_t>(ret);
   } else {
@@ -154,19 +152,17 @@ int write_san(unsigned char** p, unsigned char* start, const std::string& name, 
     if ((ret = write_general_name(p, start, 7, ip, ip_len)) < 0) return ret;
     len += static_cast<size_t>(ret);
   }
-  if ((ret = write_len_tag(p, start, len, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE)) < 0)
-    return ret;
+  if ((ret = write_len_tag(p, start, len, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE)) < 0) return ret;
   return static_cast<int>(len) + ret;
 }
 
 // ExtKeyUsageSyntax ::= SEQUENCE SIZE (1..MAX) OF KeyPurposeId { serverAuth }
 int write_eku_server_auth(unsigned char** p, unsigned char* start) {
-  int ret = mbedtls_asn1_write_oid(p, start, MBEDTLS_OID_SERVER_AUTH,
-                                   MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH));
+  int ret =
+      mbedtls_asn1_write_oid(p, start, MBEDTLS_OID_SERVER_AUTH, MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH));
   if (ret < 0) return ret;
   size_t len = static_cast<size_t>(ret);
-  if ((ret = write_len_tag(p, start, len, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE)) < 0)
-    return ret;
+  if ((ret = write_len_tag(p, start, len, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE)) < 0) return ret;
   return static_cast<int>(len) + ret;
 }
 
@@ -213,8 +209,8 @@ bool parse_ip_literal(const std::string& host, uint8_t out[16], size_t* len) {
   return false;
 }
 
-bool find_extension(const mbedtls_x509_crt& crt, const char* oid, size_t oid_len,
-                    const unsigned char** val, size_t* len) {
+bool find_extension(const mbedtls_x509_crt& crt, const char* oid, size_t oid_len, const unsigned char** val,
+                    size_t* len) {
   unsigned char* p = crt.v3_ext.p;
   if (p == nullptr || crt.v3_ext.len == 0) return false;
   const unsigned char* end = p + crt.v3_ext.len;
@@ -224,8 +220,7 @@ bool find_extension(const mbedtls_x509_crt& crt, const char* oid, size_t oid_len
     if (mbedtls_asn1_get_tag(&p, end, &n, *p) != 0) return false;
     end = p + n;
   }
-  if (mbedtls_asn1_get_tag(&p, end, &n, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0)
-    return false;
+  if (mbedtls_asn1_get_tag(&p, end, &n, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0) return false;
   end = p + n;
   while (p < end) {
     if (mbedtls_asn1_get_tag(&p, end, &n, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0)
@@ -254,20 +249,18 @@ bool find_extension(const mbedtls_x509_crt& crt, const char* oid, size_t oid_len
 bool san_has_ip(const mbedtls_x509_crt& crt, const uint8_t* ip, size_t len) {
   const unsigned char* v = nullptr;
   size_t v_len = 0;
-  if (!find_extension(crt, MBEDTLS_OID_SUBJECT_ALT_NAME,
-                      MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME), &v, &v_len))
+  if (!find_extension(crt, MBEDTLS_OID_SUBJECT_ALT_NAME, MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME), &v,
+                      &v_len))
     return false;
   auto* p = const_cast<unsigned char*>(v);
   const unsigned char* end = v + v_len;
   size_t n = 0;
-  if (mbedtls_asn1_get_tag(&p, end, &n, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0)
-    return false;
+  if (mbedtls_asn1_get_tag(&p, end, &n, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE) != 0) return false;
   end = p + n;
   while (p < end) {
     unsigned char tag = *p++;
     if (mbedtls_asn1_get_len(&p, end, &n) != 0) return false;
-    if (tag == (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 7) && n == len && std::memcmp(p, ip, len) == 0)
-      return true;
+    if (tag == (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 7) && n == len && std::memcmp(p, ip, len) == 0) return true;
     p += n;
   }
   return false;
@@ -294,9 +287,8 @@ CertAuthority::~CertAuthority() {
   mbedtls_pk_free(&ca_key_);
 }
 
-std::unique_ptr<CertAuthority> CertAuthority::load(const std::string& cert_path,
-                                                   const std::string& key_path, std::string* err,
-                                                   bool allow_loose_key_mode) {
+std::unique_ptr<CertAuthority> CertAuthority::load(const std::string& cert_path, const std::string& key_path,
+                                                   std::string* err, bool allow_loose_key_mode) {
   std::unique_ptr<CertAuthority> ca(new CertAuthority());
   // Every independent problem is reported in one pass, joined by "; ".
   std::vector<std::string> errs;
@@ -311,8 +303,8 @@ std::unique_ptr<CertAuthority> CertAuthority::load(const std::string& cert_path,
     int ret = mbedtls_x509_crt_parse(&ca->ca_cert_, buf.data(), n);
     const mbedtls_x509_crt& c = ca->ca_cert_;
     if (ret < 0 || c.version == 0) {
-      errs.push_back(cert_path + ": not a certificate: " +
-                     mbed_error(ret < 0 ? ret : MBEDTLS_ERR_X509_INVALID_FORMAT));
+      errs.push_back(cert_path +
+                     ": not a certificate: " + mbed_error(ret < 0 ? ret : MBEDTLS_ERR_X509_INVALID_FORMAT));
     } else if ((c.ext_types & MBEDTLS_X509_EXT_BASIC_CONSTRAINTS) == 0 || c.ca_istrue == 0) {
       errs.push_back(cert_path + ": not a CA certificate (basicConstraints CA:TRUE missing)");
     } else if (mbedtls_x509_crt_check_key_usage(&c, MBEDTLS_X509_KU_KEY_CERT_SIGN) != 0) {
@@ -341,8 +333,7 @@ std::unique_ptr<CertAuthority> CertAuthority::load(const std::string& cert_path,
                                             : "accessible by group/other";
       char m[8];
       std::snprintf(m, sizeof m, "%04o", mode);
-      errs.push_back(key_path + ": permissions " + m + " are too open (" + how + "); chmod 600 " +
-                     key_path);
+      errs.push_back(key_path + ": permissions " + m + " are too open (" + how + "); chmod 600 " + key_path);
     }
     size_t n = terminate_if_pem(&buf);
     int ret = mbedtls_pk_parse_key(&ca->ca_key_, buf.data(), n, nullptr, 0);
@@ -375,10 +366,8 @@ std::unique_ptr<CertAuthority> CertAuthority::load(const std::string& cert_path,
 
 bool CertAuthority::prepare_issuer(const std::string& cert_path, std::string* err) {
   // The writer emits its name list head-last, so prepend each RDN in order.
-  for (const mbedtls_x509_name* n = &ca_cert_.subject; n != nullptr && n->oid.p != nullptr;
-       n = n->next) {
-    auto* d =
-        static_cast<mbedtls_asn1_named_data*>(mbedtls_calloc(1, sizeof(mbedtls_asn1_named_data)));
+  for (const mbedtls_x509_name* n = &ca_cert_.subject; n != nullptr && n->oid.p != nullptr; n = n->next) {
+    auto* d = static_cast<mbedtls_asn1_named_data*>(mbedtls_calloc(1, sizeof(mbedtls_asn1_named_data)));
     if (d == nullptr) {
       *err = cert_path + ": out of memory";
       return false;
@@ -515,20 +504,20 @@ std::shared_ptr<const Leaf> CertAuthority::mint(const std::string& name, std::st
       (ret = mbedtls_x509write_crt_set_subject_key_identifier(w)) != 0)
     return fail("extensions: " + mbed_error(ret));
   if ((ret = write_eku_server_auth(&p, ext)) < 0 ||
-      (ret = mbedtls_x509write_crt_set_extension(
-           w, MBEDTLS_OID_EXTENDED_KEY_USAGE, MBEDTLS_OID_SIZE(MBEDTLS_OID_EXTENDED_KEY_USAGE), 0,
-           p, static_cast<size_t>(ext + sizeof ext - p))) != 0)
+      (ret = mbedtls_x509write_crt_set_extension(w, MBEDTLS_OID_EXTENDED_KEY_USAGE,
+                                                 MBEDTLS_OID_SIZE(MBEDTLS_OID_EXTENDED_KEY_USAGE), 0, p,
+                                                 static_cast<size_t>(ext + sizeof ext - p))) != 0)
     return fail("extendedKeyUsage: " + mbed_error(ret));
   p = ext + sizeof ext;
   // RFC 5280 §4.2.1.6: with an empty subject the SAN must be critical.
   if ((ret = write_san(&p, ext, host, ip, ip_len)) < 0 ||
       (ret = mbedtls_x509write_crt_set_extension(
-           w, MBEDTLS_OID_SUBJECT_ALT_NAME, MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME),
-           with_cn ? 0 : 1, p, static_cast<size_t>(ext + sizeof ext - p))) != 0)
+           w, MBEDTLS_OID_SUBJECT_ALT_NAME, MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME), with_cn ? 0 : 1,
+           p, static_cast<size_t>(ext + sizeof ext - p))) != 0)
     return fail("subjectAltName: " + mbed_error(ret));
   ret = mbedtls_x509write_crt_set_extension(w, MBEDTLS_OID_AUTHORITY_KEY_IDENTIFIER,
-                                            MBEDTLS_OID_SIZE(MBEDTLS_OID_AUTHORITY_KEY_IDENTIFIER),
-                                            0, aki_ext_.data(), aki_ext_.size());
+                                            MBEDTLS_OID_SIZE(MBEDTLS_OID_AUTHORITY_KEY_IDENTIFIER), 0,
+                                            aki_ext_.data(), aki_ext_.size());
   if (ret != 0) return fail("authorityKeyIdentifier: " + mbed_error(ret));
 
   std::vector<unsigned char> der(kDerBufSize);

@@ -81,8 +81,8 @@ bool record_version_plausible_prefix(const uint8_t* data, size_t len) {
 // Host names become certificate CNs, cache keys and log fields: accept only
 // the characters DNS names (and underscore-using service names) contain.
 bool host_char_ok(uint8_t c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-         c == '.' || c == '_';
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+         c == '_';
 }
 
 PeekStatus parse_server_name(Reader ext, ClientHelloInfo* out) {
@@ -93,8 +93,7 @@ PeekStatus parse_server_name(Reader ext, ClientHelloInfo* out) {
     uint8_t type = 0;
     uint16_t name_len = 0;
     Reader name(nullptr, 0);
-    if (!ext.u8(&type) || !ext.u16(&name_len) || !ext.sub(name_len, &name))
-      return PeekStatus::Malformed;
+    if (!ext.u8(&type) || !ext.u16(&name_len) || !ext.sub(name_len, &name)) return PeekStatus::Malformed;
     if (type != kNameTypeHostName) continue;  // unknown name types are skipped
     // RFC 6066: at most one name of each type.
     if (have_host || name_len == 0 || name_len > kMaxHostName) return PeekStatus::Malformed;
@@ -237,8 +236,7 @@ PeekStatus peek_client_hello(const uint8_t* data, size_t len, ClientHelloInfo* o
     }
     if (len - off < kRecordHeader) {
       // Would the header and at least one payload byte still fit?
-      return off + kRecordHeader < kMaxClientHelloBytes ? PeekStatus::NeedMore
-                                                        : PeekStatus::Malformed;
+      return off + kRecordHeader < kMaxClientHelloBytes ? PeekStatus::NeedMore : PeekStatus::Malformed;
     }
     size_t rec_len = (static_cast<size_t>(data[off + 3]) << 8) | data[off + 4];
     if (rec_len == 0 || rec_len > kMaxRecordPayload) return PeekStatus::Malformed;
@@ -271,8 +269,7 @@ PeekStatus peek_client_hello(const uint8_t* data, size_t len, ClientHelloInfo* o
     if (frag_have < rec_len) return PeekStatus::NeedMore;  // record incomplete
     off += kRecordHeader + rec_len;
     if (off == len) {
-      return off + kRecordHeader < kMaxClientHelloBytes ? PeekStatus::NeedMore
-                                                        : PeekStatus::Malformed;
+      return off + kRecordHeader < kMaxClientHelloBytes ? PeekStatus::NeedMore : PeekStatus::Malformed;
     }
   }
   const uint8_t* body = split ? joined : single;

@@ -189,8 +189,8 @@ bool TrustStore::add(const std::string& path, std::string* err) {
   const size_t after = count_certs(&chain_);
   if (after == before) {
     if (err != nullptr)
-      *err = path + ": " +
-             (ret < 0 ? "cannot load certificates: " + mbed_error(ret) : "no certificates found");
+      *err =
+          path + ": " + (ret < 0 ? "cannot load certificates: " + mbed_error(ret) : "no certificates found");
     return false;
   }
   count_ = after;
@@ -281,8 +281,7 @@ std::unique_ptr<Session> Session::client(ClientConfig* cfg, const std::string& h
 
 int Session::verify_ip(void* ctx, mbedtls_x509_crt* crt, int depth, uint32_t* flags) {
   auto* s = static_cast<Session*>(ctx);
-  if (depth == 0 && !san_has_ip(*crt, s->ip_, s->ip_len_))
-    *flags |= MBEDTLS_X509_BADCERT_CN_MISMATCH;
+  if (depth == 0 && !san_has_ip(*crt, s->ip_, s->ip_len_)) *flags |= MBEDTLS_X509_BADCERT_CN_MISMATCH;
   return 0;
 }
 

@@ -18,11 +18,11 @@ namespace shoal::config {
 
 struct Diag {
   std::string file;
-  int line = 0, col = 0;   // 1-based; 0 when not tied to a position
-  std::string path;        // key path, e.g. "proxy.proxies[1].regx"
+  int line = 0, col = 0;  // 1-based; 0 when not tied to a position
+  std::string path;       // key path, e.g. "proxy.proxies[1].regx"
   std::string message;
   bool warning = false;
-  std::string str() const; // "file:line:col: path: message" (warnings say "warning: ")
+  std::string str() const;  // "file:line:col: path: message" (warnings say "warning: ")
 };
 
 // Where a value came from, kept for messages about it after validation
@@ -30,45 +30,45 @@ struct Diag {
 // Config::source when Dragonfly's "proxy: PATH" names a second file.
 struct Origin {
   std::string file;
-  int line = 0, col = 0;   // 1-based
-  std::string path;        // key path, e.g. "proxy.proxies[1].regx"
+  int line = 0, col = 0;  // 1-based
+  std::string path;       // key path, e.g. "proxy.proxies[1].regx"
 };
 
 struct Endpoint {
-  std::string addr;   // IP literal, e.g. "127.0.0.1", "::1", "0.0.0.0"
+  std::string addr;  // IP literal, e.g. "127.0.0.1", "::1", "0.0.0.0"
   uint16_t port = 0;
   bool is_loopback() const;
 };
 
-struct ProxyRule {            // proxy.proxies[]
+struct ProxyRule {  // proxy.proxies[]
   std::string regx;
-  bool use_https = false;     // useHTTPS: fetch over https even if the client used http
-  bool direct = false;        // never through the task engine
-  std::string redirect;       // replace the host with this (Dragonfly's redirect)
-  int line = 0, col = 0;      // of the regx value, for error messages
-  Origin where;               // the regx value: file, line, col, key path
+  bool use_https = false;  // useHTTPS: fetch over https even if the client used http
+  bool direct = false;     // never through the task engine
+  std::string redirect;    // replace the host with this (Dragonfly's redirect)
+  int line = 0, col = 0;   // of the regx value, for error messages
+  Origin where;            // the regx value: file, line, col, key path
 };
 
-struct HijackHost {           // hijackHTTPS.hosts[]
+struct HijackHost {  // hijackHTTPS.hosts[]
   std::string regx;
-  bool insecure = false;      // skip origin certificate verification for these hosts
+  bool insecure = false;           // skip origin certificate verification for these hosts
   std::vector<std::string> certs;  // extra trust anchors (absolute paths)
-  int line = 0, col = 0;      // of the regx value
-  Origin where;               // the regx value: file, line, col, key path
+  int line = 0, col = 0;           // of the regx value
+  Origin where;                    // the regx value: file, line, col, key path
 };
 
-struct WhiteListEntry {       // proxy.whiteList[]
-  std::string host;           // exact host, or empty
-  std::string regx;           // host regex, or empty
+struct WhiteListEntry {         // proxy.whiteList[]
+  std::string host;             // exact host, or empty
+  std::string regx;             // host regex, or empty
   std::vector<uint16_t> ports;  // empty = any port
-  int line = 0, col = 0;      // of the entry
-  Origin where;               // the regx value if any, else the entry
+  int line = 0, col = 0;        // of the entry
+  Origin where;                 // the regx value if any, else the entry
 };
 
 struct RegistryMirror {
   bool present = false;
   bool dynamic = false;
-  std::string url;            // "https://registry.example.test[:port]"
+  std::string url;  // "https://registry.example.test[:port]"
   bool insecure = false;
   std::vector<std::string> certs;  // absolute paths
   bool direct = false;
@@ -77,29 +77,29 @@ struct RegistryMirror {
 };
 
 struct Config {
-  std::string source;         // file path, or "<embedded default>"
+  std::string source;  // file path, or "<embedded default>"
 
   // Explicit proxy (Dragonfly proxy.tcpListen; port ranges take the first free port).
   Endpoint proxy_listen{"127.0.0.1", 65001};
-  uint16_t proxy_port_end = 0;          // nonzero: range proxy_listen.port..end
+  uint16_t proxy_port_end = 0;  // nonzero: range proxy_listen.port..end
   bool basic_auth = false;
   std::string basic_auth_user, basic_auth_password;
   std::vector<WhiteListEntry> white_list;
-  int64_t max_concurrency = 0;          // 0 = unlimited
+  int64_t max_concurrency = 0;  // 0 = unlimited
   std::string default_filter = "Expires&Signature&ns";
   std::vector<ProxyRule> rules;
   std::vector<uint16_t> connect_ports;  // proxy.connectPorts (Shoal); default {443} + mirror port
   RegistryMirror mirror;
 
   // hijackHTTPS
-  bool hijack = false;                  // cert+key configured
-  std::string ca_cert, ca_key;          // absolute paths
-  int ca_cert_line = 0, ca_key_line = 0; // positions, for resource errors
-  Origin ca_cert_at, ca_key_at;         // the same, with file, column and key path
+  bool hijack = false;                    // cert+key configured
+  std::string ca_cert, ca_key;            // absolute paths
+  int ca_cert_line = 0, ca_key_line = 0;  // positions, for resource errors
+  Origin ca_cert_at, ca_key_at;           // the same, with file, column and key path
   std::vector<HijackHost> hijack_hosts;
 
   // Shoal's own sections.
-  int workers = 0;                      // 0 = uv_available_parallelism()
+  int workers = 0;  // 0 = uv_available_parallelism()
   std::string data_dir = "/var/lib/shoal";
   std::string log_dir = "/var/log/shoal";
   std::string log_level = "info";
@@ -118,14 +118,13 @@ struct LoadResult {
   std::shared_ptr<const Config> config;  // null when any error
   std::vector<Diag> diags;               // errors and warnings, in file order
   bool ok() const { return config != nullptr; }
-  std::string errors_text() const;       // every diag's str(), one per line
+  std::string errors_text() const;  // every diag's str(), one per line
 };
 
 // Loads a file. Missing/unreadable file is a single error naming it.
 LoadResult load_file(const std::string& path);
 // Loads YAML text; name is used in messages, base_dir to resolve relative paths.
-LoadResult load_string(const std::string& yaml, const std::string& name,
-                       const std::string& base_dir);
+LoadResult load_string(const std::string& yaml, const std::string& name, const std::string& base_dir);
 // The embedded default configuration's YAML (explicit proxy on
 // 127.0.0.1:65001, the guide's two rules, no hijacking).
 const char* embedded_default_yaml();

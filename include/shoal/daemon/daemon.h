@@ -21,7 +21,7 @@ struct Overrides {
 };
 
 struct Options {
-  std::string config_path;     // empty: embedded default
+  std::string config_path;  // empty: embedded default
   bool embedded_default = false;
   Overrides overrides;
 };

@@ -26,13 +26,13 @@ struct Header {
 // Why a message was rejected; each maps to the status a proxy answers with.
 enum class Error {
   None,
-  BadMessage,        // 400: malformed request line / status line / header / chunk
-  HeadersTooLarge,   // 431: header block over the cap
-  AmbiguousLength,   // 400: TE + CL, or duplicate differing Content-Length
-  ObsFold,           // 400: obsolete line folding
-  BadHeaderValue,    // 400: CR, LF or NUL inside a value
-  UnsupportedTE,     // 501: Transfer-Encoding other than chunked (last)
-  Callback,          // the handler asked to stop with an error
+  BadMessage,       // 400: malformed request line / status line / header / chunk
+  HeadersTooLarge,  // 431: header block over the cap
+  AmbiguousLength,  // 400: TE + CL, or duplicate differing Content-Length
+  ObsFold,          // 400: obsolete line folding
+  BadHeaderValue,   // 400: CR, LF or NUL inside a value
+  UnsupportedTE,    // 501: Transfer-Encoding other than chunked (last)
+  Callback,         // the handler asked to stop with an error
 };
 const char* to_string(Error e);
 // 400, 431, 501...; 200 for None, 500 for Callback (the handler knows better).
@@ -40,8 +40,8 @@ int status_for(Error e);
 
 struct MessageHead {
   // Requests.
-  std::string method;   // "GET", "CONNECT"...
-  std::string target;   // request-target as sent: origin-form, absolute-form or authority-form
+  std::string method;  // "GET", "CONNECT"...
+  std::string target;  // request-target as sent: origin-form, absolute-form or authority-form
   // Responses.
   int status = 0;
   std::string reason;
@@ -52,7 +52,7 @@ struct MessageHead {
   // response): the body's framing is the parser's business.
   int64_t content_length = -1;  // -1 when absent
   bool chunked = false;
-  bool keep_alive = true;       // per HTTP version and Connection header
+  bool keep_alive = true;  // per HTTP version and Connection header
 
   // First value of a header (case-insensitive name), or nullptr.
   const std::string* find(std::string_view name) const;
@@ -132,10 +132,10 @@ class Parser {
 // not 1..65535 ("host:" counts as no port). port is 0 when absent. A fragment
 // ("#...") is dropped: it never belongs in a request-target.
 struct Url {
-  std::string scheme;              // "http" or "https", lower-cased
-  std::string host, path;          // path includes query; "/" when empty
+  std::string scheme;      // "http" or "https", lower-cased
+  std::string host, path;  // path includes query; "/" when empty
   uint16_t port = 0;
-  bool ipv6_literal = false;       // host was "[...]" (brackets stripped)
+  bool ipv6_literal = false;  // host was "[...]" (brackets stripped)
 };
 bool parse_absolute_url(std::string_view target, Url* out);
 // Splits "host:port" (authority-form, "[v6]:port" too). false on junk,
@@ -146,8 +146,7 @@ bool parse_authority(std::string_view authority, std::string* host, uint16_t* po
 // Header lines are emitted exactly as given (the caller keeps CR/LF out).
 std::string serialize_request_head(std::string_view method, std::string_view target,
                                    const std::vector<Header>& headers);
-std::string serialize_response_head(int status, std::string_view reason,
-                                    const std::vector<Header>& headers);
+std::string serialize_response_head(int status, std::string_view reason, const std::vector<Header>& headers);
 // A complete small response with a text/plain body (body + "\n"),
 // Content-Length, and Connection: close unless keep_alive, e.g. for
 // 400/403/502 answers. extra headers follow those.

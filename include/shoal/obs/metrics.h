@@ -57,8 +57,7 @@ class Registry {
   // `route="hijack"`, or "" for none. Same name+labels returns the same object.
   Counter& counter(const std::string& name, const std::string& help, const std::string& labels = "");
   Gauge& gauge(const std::string& name, const std::string& help, const std::string& labels = "");
-  Histogram& histogram(const std::string& name, const std::string& help,
-                       const std::string& labels = "",
+  Histogram& histogram(const std::string& name, const std::string& help, const std::string& labels = "",
                        std::vector<double> bounds = default_seconds_bounds());
   std::string render() const;
   // Every counter and gauge as ("name{labels}", value), for status reports.

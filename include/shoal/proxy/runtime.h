@@ -35,16 +35,16 @@ class Runtime {
  public:
   // Compiles rules, loads the CA and trust stores. Returns nullptr and sets
   // *err (one line per problem) on failure. Runs on the control thread.
-  static std::shared_ptr<const Runtime> build(std::shared_ptr<const config::Config> cfg,
-                                              uint64_t generation, std::string* err);
+  static std::shared_ptr<const Runtime> build(std::shared_ptr<const config::Config> cfg, uint64_t generation,
+                                              std::string* err);
 
   std::shared_ptr<const config::Config> cfg;
   uint64_t generation = 0;
-  std::shared_ptr<const rules::PatternSet> proxy_rules;   // proxy.proxies[].regx
-  std::shared_ptr<const rules::PatternSet> hijack_hosts;  // hijackHTTPS.hosts[].regx
+  std::shared_ptr<const rules::PatternSet> proxy_rules;               // proxy.proxies[].regx
+  std::shared_ptr<const rules::PatternSet> hijack_hosts;              // hijackHTTPS.hosts[].regx
   std::vector<std::shared_ptr<const rules::PatternSet>> hijack_each;  // one per host entry
   std::vector<std::shared_ptr<const rules::PatternSet>> white_regx;   // per whiteList entry (may be null)
-  std::shared_ptr<const tls::CertAuthority> ca;  // null without hijackHTTPS
+  std::shared_ptr<const tls::CertAuthority> ca;                       // null without hijackHTTPS
   std::shared_ptr<tls::LeafCache> leaves;
   std::shared_ptr<tls::TrustStore> base_trust;  // system store + registryMirror.certs
   bool has_mirror = false;

@@ -32,8 +32,8 @@ class PatternSet {
   // *err to Hyperscan's message. An empty list compiles to a set that never
   // matches; an empty pattern matches every text. err and bad_index may be
   // null. Any thread; the result may be shared by all threads.
-  static std::shared_ptr<const PatternSet> compile(const std::vector<std::string>& patterns,
-                                                   std::string* err, int* bad_index);
+  static std::shared_ptr<const PatternSet> compile(const std::vector<std::string>& patterns, std::string* err,
+                                                   int* bad_index);
   // Lowest index of a pattern matching anywhere in text, or -1. Grows
   // scratch to fit this set if it was never prepared for it (so use
   // Scratch::prepare up front to see allocation errors); -1 also when that
@@ -46,7 +46,7 @@ class PatternSet {
   PatternSet() = default;
   hs_database* db_ = nullptr;  // null for an empty list
   size_t count_ = 0;
-  uint64_t serial_ = 0;        // unique per compiled set, for Scratch::fits_
+  uint64_t serial_ = 0;  // unique per compiled set, for Scratch::fits_
 };
 
 // Per-thread scratch space; re-sized to fit any PatternSet it is used with

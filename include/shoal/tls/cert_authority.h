@@ -37,8 +37,8 @@ bool parse_ip_literal(const std::string& host, uint8_t out[16], size_t* len);
 // MBEDTLS_OID_SUBJECT_ALT_NAME, MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME))
 // and points *val/*len at its extnValue contents, inside crt's own buffer.
 // False when absent or when the extensions are not well-formed DER.
-bool find_extension(const mbedtls_x509_crt& crt, const char* oid, size_t oid_len,
-                    const unsigned char** val, size_t* len);
+bool find_extension(const mbedtls_x509_crt& crt, const char* oid, size_t oid_len, const unsigned char** val,
+                    size_t* len);
 
 // True when crt's subjectAltName holds an iPAddress equal to ip[0..len)
 // (4 or 16 bytes). mbedTLS 2.28 neither lists iPAddress SANs in
@@ -67,9 +67,8 @@ class CertAuthority {
   // (basicConstraints CA:TRUE), a key that does not match the certificate,
   // and a key file readable or writable by group or other (unless
   // allow_loose_key_mode). Returns nullptr and sets *err on failure.
-  static std::unique_ptr<CertAuthority> load(const std::string& cert_path,
-                                             const std::string& key_path, std::string* err,
-                                             bool allow_loose_key_mode = false);
+  static std::unique_ptr<CertAuthority> load(const std::string& cert_path, const std::string& key_path,
+                                             std::string* err, bool allow_loose_key_mode = false);
 
   // Mints a leaf for name (a DNS name, or an IPv4/IPv6 literal which gets an
   // iPAddress SAN): ECDSA P-256 key, serial random, NotBefore = now - 1 h,
@@ -111,8 +110,7 @@ class LeafCache {
  public:
   explicit LeafCache(size_t capacity = 1024);
   std::shared_ptr<const Leaf> get(
-      const std::string& name,
-      std::chrono::system_clock::time_point now = std::chrono::system_clock::now());
+      const std::string& name, std::chrono::system_clock::time_point now = std::chrono::system_clock::now());
   void put(std::shared_ptr<const Leaf> leaf);
   size_t size() const;
   void clear();

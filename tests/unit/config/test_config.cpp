@@ -74,8 +74,7 @@ void expect_diag(const LoadResult& r, const std::string& path, int line, int col
                  bool warning = false) {
   const Diag* d = find(r, path, text);
   if (!d || d->line != line || d->col != col || d->warning != warning) {
-    std::fprintf(stderr, "wanted %s at %d:%d containing \"%s\"; got:\n", path.c_str(), line, col,
-                 text);
+    std::fprintf(stderr, "wanted %s at %d:%d containing \"%s\"; got:\n", path.c_str(), line, col, text);
     dump(r);
   }
   assert_non_null(d);
@@ -300,8 +299,7 @@ void test_type_errors(void**) {
   expect_diag(r, "proxy.tcpListen.listen", 3, 13, "expected a single value, got a mapping");
   expect_diag(r, "proxy.proxies", 5, 5, "expected a list, got a mapping");
   expect_diag(r, "proxy.maxConcurrency", 6, 19, "expected an integer, got \"many\"");
-  expect_diag(r, "proxy.registryMirror.dynamic", 8, 14,
-              "expected true or false, got \"yes please\"");
+  expect_diag(r, "proxy.registryMirror.dynamic", 8, 14, "expected true or false, got \"yes please\"");
   expect_diag(r, "proxy.registryMirror.certs", 9, 12, "expected a list");
   expect_diag(r, "keepStorage", 10, 14, "expected true or false");
   expect_diag(r, "admin", 11, 8, "expected a mapping");
@@ -330,8 +328,7 @@ void test_ports(void**) {
 }
 
 void test_port_range(void**) {
-  const LoadResult r =
-      load("proxy:\n  tcpListen:\n    port:\n      start: 65020\n      end: 65029\n");
+  const LoadResult r = load("proxy:\n  tcpListen:\n    port:\n      start: 65020\n      end: 65029\n");
   expect_clean(r);
   assert_int_equal(r.config->proxy_listen.port, 65020);
   assert_int_equal(r.config->proxy_port_end, 65029);
@@ -341,13 +338,13 @@ void test_port_range(void**) {
   assert_int_equal(r2.config->proxy_port_end, 0);
   expect_diag(load("proxy:\n  tcpListen:\n    port:\n      start: 65029\n      end: 65020\n"),
               "proxy.tcpListen.port.end", 5, 12, "below start");
-  expect_diag(load("proxy:\n  tcpListen:\n    port:\n      end: 65020\n"), "proxy.tcpListen.port",
-              4, 7, "needs start");
-  expect_diag(load("proxy:\n  tcpListen:\n    port:\n      first: 1\n"),
-              "proxy.tcpListen.port.first", 4, 7, "unknown key");
+  expect_diag(load("proxy:\n  tcpListen:\n    port:\n      end: 65020\n"), "proxy.tcpListen.port", 4, 7,
+              "needs start");
+  expect_diag(load("proxy:\n  tcpListen:\n    port:\n      first: 1\n"), "proxy.tcpListen.port.first", 4, 7,
+              "unknown key");
   // A range that takes in the metrics port clashes with it.
-  expect_diag(load("proxy:\n  tcpListen:\n    port: {start: 65001, end: 65009}\n"),
-              "proxy.tcpListen.port", 3, 11, "metrics port");
+  expect_diag(load("proxy:\n  tcpListen:\n    port: {start: 65001, end: 65009}\n"), "proxy.tcpListen.port", 3,
+              11, "metrics port");
 }
 
 void test_open_listener(void**) {
@@ -370,12 +367,10 @@ void test_open_listener(void**) {
   assert_string_equal(auth.config->proxy_listen.addr.c_str(), "0.0.0.0");
   assert_false(auth.config->proxy_listen.is_loopback());
 
-  expect_clean(
-      load("proxy:\n  tcpListen:\n    listen: 0.0.0.0\n  whiteList:\n    - host: a.test\n"));
+  expect_clean(load("proxy:\n  tcpListen:\n    listen: 0.0.0.0\n  whiteList:\n    - host: a.test\n"));
 
   // basicAuth must be complete; a half one does not open the listener.
-  const LoadResult half =
-      load("proxy:\n  tcpListen:\n    listen: 0.0.0.0\n  basicAuth:\n    username: u\n");
+  const LoadResult half = load("proxy:\n  tcpListen:\n    listen: 0.0.0.0\n  basicAuth:\n    username: u\n");
   expect_diag(half, "proxy.basicAuth.password", 4, 3, "needs a password");
   expect_diag(half, "proxy.tcpListen.listen", 3, 13, "not loopback");
 }
@@ -405,8 +400,7 @@ void test_white_list(void**) {
   // Dragonfly's sample entry matches nothing: a warning, not an error.
   expect_diag(r, "proxy.whiteList[2]", 6, 7, "matches no host", true);
 
-  const LoadResult bad =
-      load("proxy:\n  whiteList:\n    - host: a\n      ports: [\"https\", 0, 99999]\n");
+  const LoadResult bad = load("proxy:\n  whiteList:\n    - host: a\n      ports: [\"https\", 0, 99999]\n");
   assert_int_equal(count(bad, false), 3);
   expect_diag(bad, "proxy.whiteList[0].ports[0]", 4, 15, "expected a port number");
   expect_diag(bad, "proxy.whiteList[0].ports[1]", 4, 24, "out of range");
@@ -647,8 +641,8 @@ void test_mirror_url(void**) {
 void test_hijack_needs_ca(void**) {
   const LoadResult r = load("hijackHTTPS:\n  hosts:\n    - regx: a\n");
   expect_diag(r, "hijackHTTPS.hosts", 2, 3, "needs cert and key");
-  expect_diag(load("hijackHTTPS:\n  cert: ca.crt\n  hosts:\n    - regx: a\n"), "hijackHTTPS.key", 1,
-              1, "without key");
+  expect_diag(load("hijackHTTPS:\n  cert: ca.crt\n  hosts:\n    - regx: a\n"), "hijackHTTPS.key", 1, 1,
+              "without key");
   const LoadResult no_hosts = load("hijackHTTPS:\n  cert: ca.crt\n  key: ca.key\n");
   expect_ok(no_hosts);
   expect_diag(no_hosts, "hijackHTTPS", 1, 1, "nothing is hijacked", true);

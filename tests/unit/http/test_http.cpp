@@ -43,8 +43,8 @@ struct Recorder : shoal::http::Handler {
   int on_head(MessageHead& h) override {
     if (pause_everywhere) parser->pause();
     heads.push_back(h);
-    log += "HEAD " + h.method + " " + h.target + " " + std::to_string(h.status) + " " + h.reason +
-           " HTTP/" + std::to_string(h.version_major) + "." + std::to_string(h.version_minor) +
+    log += "HEAD " + h.method + " " + h.target + " " + std::to_string(h.status) + " " + h.reason + " HTTP/" +
+           std::to_string(h.version_major) + "." + std::to_string(h.version_minor) +
            " cl=" + std::to_string(h.content_length) + " chunked=" + std::to_string(h.chunked) +
            " ka=" + std::to_string(h.keep_alive) + "\n";
     for (const Header& hd : h.headers) log += "  " + hd.name + ": " + hd.value + "|\n";
@@ -140,8 +140,7 @@ void check_split_invariant(std::string_view msg, const Options& opt = {}) {
   for (size_t i = 0; i <= msg.size(); ++i) {
     Outcome split = drive(msg, {i}, opt);
     if (split.log != whole.log || split.error != whole.error || split.leftover != whole.leftover)
-      fail_msg("split at %zu differs:\n%s\n--- vs whole ---\n%s", i, split.log.c_str(),
-               whole.log.c_str());
+      fail_msg("split at %zu differs:\n%s\n--- vs whole ---\n%s", i, split.log.c_str(), whole.log.c_str());
   }
   std::vector<size_t> every;
   for (size_t i = 1; i < msg.size(); ++i) every.push_back(i);
@@ -161,8 +160,8 @@ void expect_error(std::string_view msg, Error want, Parser::Kind kind = Parser::
   o.kind = kind;
   Outcome w = drive_whole(msg, o);
   if (w.error != want)
-    fail_msg("want %s, got %s for:\n%s", shoal::http::to_string(want),
-             shoal::http::to_string(w.error), std::string(msg).c_str());
+    fail_msg("want %s, got %s for:\n%s", shoal::http::to_string(want), shoal::http::to_string(w.error),
+             std::string(msg).c_str());
   // The verdict must not depend on where the bytes were split.
   for (size_t i = 0; i <= msg.size(); ++i) {
     Outcome s = drive(msg, {i}, o);
@@ -261,8 +260,7 @@ void test_upgrade_request_is_plain_http(void**) {
 }
 
 void test_post_content_length(void**) {
-  const std::string msg =
-      "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world";
+  const std::string msg = "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world";
   Outcome o = drive_whole(msg);
   assert_int_equal(static_cast<int>(o.error), static_cast<int>(Error::None));
   assert_string_equal(o.log.c_str(),
@@ -337,8 +335,7 @@ void test_pipelined_pause_resume(void**) {
 
   // Leading CRLF between messages (some clients send one after a body).
   check_split_invariant(m2 + "\r\n" + m1);
-  assert_int_equal(static_cast<int>(drive_whole(m2 + "\r\n" + m1).error),
-                   static_cast<int>(Error::None));
+  assert_int_equal(static_cast<int>(drive_whole(m2 + "\r\n" + m1).error), static_cast<int>(Error::None));
 }
 
 void test_http10_keep_alive(void**) {
@@ -417,8 +414,7 @@ void test_204_304(void**) {
 }
 
 void test_100_continue(void**) {
-  const std::string msg =
-      "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok";
+  const std::string msg = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok";
   Options o;
   o.kind = Parser::Kind::Response;
   Outcome w = drive_whole(msg, o);
@@ -430,8 +426,7 @@ void test_100_continue(void**) {
   check_split_invariant(msg, o);
   // expect_no_body() is kept for the final response, not spent on the 1xx.
   o.no_body_first = true;
-  const std::string head_resp =
-      "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n";
+  const std::string head_resp = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n";
   Outcome h = drive_whole(head_resp, o);
   assert_int_equal(static_cast<int>(h.error), static_cast<int>(Error::None));
   assert_string_equal(h.log.c_str(),
@@ -463,9 +458,8 @@ void test_eof_mid_message(void**) {
   Options o;
   o.kind = Parser::Kind::Response;
   o.eof = true;
-  assert_int_equal(
-      static_cast<int>(drive_whole("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", o).error),
-      static_cast<int>(Error::BadMessage));
+  assert_int_equal(static_cast<int>(drive_whole("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", o).error),
+                   static_cast<int>(Error::BadMessage));
   assert_int_equal(static_cast<int>(drive_whole("HTTP/1.1 200 OK\r\nConte", o).error),
                    static_cast<int>(Error::BadMessage));
   // EOF between messages is clean.
@@ -486,8 +480,7 @@ void test_connect_response(void**) {
   Options u;
   u.kind = Parser::Kind::Response;
   Outcome sw = drive_whole(
-      "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nframes",
-      u);
+      "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nframes", u);
   assert_true(sw.upgraded);
   assert_string_equal(sw.leftover.c_str(), "frames");
   // A refusal is an ordinary response with a body.
@@ -556,8 +549,7 @@ void test_duplicate_content_length(void**) {
 void test_obs_fold(void**) {
   expect_error("GET / HTTP/1.1\r\nX-A: one\r\n two\r\nHost: a\r\n\r\n", Error::ObsFold);
   expect_error("GET / HTTP/1.1\r\nX-A: one\r\n\ttwo\r\n\r\n", Error::ObsFold);
-  expect_error("HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\n\r\n", Error::ObsFold,
-               Parser::Kind::Response);
+  expect_error("HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\n\r\n", Error::ObsFold, Parser::Kind::Response);
   // Whitespace before the first header line is folding too (RFC 9112 2.2).
   expect_error("GET / HTTP/1.1\r\n Host: a\r\n\r\n", Error::ObsFold);
   assert_int_equal(shoal::http::status_for(Error::ObsFold), 400);
@@ -605,8 +597,7 @@ void test_non_strict_holes(void**) {
                Error::BadMessage);
   expect_error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: a\r\n b\r\n\r\n",
                Error::ObsFold);  // in trailers too
-  expect_error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\r\n",
-               Error::BadHeaderValue);
+  expect_error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\r\n", Error::BadHeaderValue);
   // Letters of "HTTP/" unchecked.
   expect_error("GET / HXXX/1.1\r\n\r\n", Error::BadMessage);
   expect_error("HXXX/1.1 200 OK\r\n\r\n", Error::BadMessage, Parser::Kind::Response);
@@ -627,8 +618,7 @@ void test_non_strict_holes(void**) {
 
 void test_unsupported_te(void**) {
   expect_error("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", Error::UnsupportedTE);
-  expect_error("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
-               Error::UnsupportedTE);
+  expect_error("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", Error::UnsupportedTE);
   expect_error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", Error::UnsupportedTE);
   expect_error(
       "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: "
@@ -643,8 +633,7 @@ void test_unsupported_te(void**) {
       static_cast<int>(Error::None));
   // libhttp-parser does not see "chunked" behind an empty list element, so
   // neither may we: refused rather than framed two ways.
-  expect_error("POST / HTTP/1.1\r\nTransfer-Encoding: , chunked\r\n\r\n0\r\n\r\n",
-               Error::BadMessage);
+  expect_error("POST / HTTP/1.1\r\nTransfer-Encoding: , chunked\r\n\r\n0\r\n\r\n", Error::BadMessage);
 }
 
 void test_callback_error(void**) {
@@ -767,12 +756,9 @@ void test_hop_by_hop(void**) {
 }
 
 void test_serialize_round_trip(void**) {
-  std::vector<Header> hs = {{"Host", "registry.example.test"},
-                            {"Accept", "a/b"},
-                            {"Accept", "c/d"},
-                            {"Content-Length", "4"}};
-  std::string req =
-      shoal::http::serialize_request_head("PUT", "/v2/x/blobs/uploads/1?digest=sha256:00", hs);
+  std::vector<Header> hs = {
+      {"Host", "registry.example.test"}, {"Accept", "a/b"}, {"Accept", "c/d"}, {"Content-Length", "4"}};
+  std::string req = shoal::http::serialize_request_head("PUT", "/v2/x/blobs/uploads/1?digest=sha256:00", hs);
   assert_string_equal(req.c_str(),
                       "PUT /v2/x/blobs/uploads/1?digest=sha256:00 HTTP/1.1\r\n"
                       "Host: registry.example.test\r\nAccept: a/b\r\nAccept: c/d\r\n"
@@ -792,8 +778,7 @@ void test_serialize_round_trip(void**) {
   assert_int_equal(h.content_length, 4);
 
   std::string resp = shoal::http::serialize_response_head(
-      307, "Temporary Redirect",
-      {{"Location", "https://cdn.example.test/b?sig=1"}, {"Content-Length", "0"}});
+      307, "Temporary Redirect", {{"Location", "https://cdn.example.test/b?sig=1"}, {"Content-Length", "0"}});
   Recorder rr;
   Parser rp(Parser::Kind::Response, &rr);
   assert_int_equal(rp.feed(resp.data(), resp.size()), resp.size());
@@ -814,8 +799,8 @@ void test_simple_response(void**) {
   assert_false(rec.heads.at(0).keep_alive);
   assert_non_null(strstr(rec.log.c_str(), "BODY[upstream unreachable\n]"));
 
-  std::string k = shoal::http::simple_response(407, "auth", true,
-                                               {{"Proxy-Authenticate", "Basic realm=\"shoal\""}});
+  std::string k =
+      shoal::http::simple_response(407, "auth", true, {{"Proxy-Authenticate", "Basic realm=\"shoal\""}});
   assert_null(strstr(k.c_str(), "Connection:"));
   assert_non_null(strstr(k.c_str(), "HTTP/1.1 407 Proxy Authentication Required\r\n"));
   assert_non_null(strstr(k.c_str(), "\r\nProxy-Authenticate: Basic realm=\"shoal\"\r\n\r\nauth\n"));
@@ -828,9 +813,8 @@ void test_reason_status_strings(void**) {
     if (std::string(shoal::http::reason_phrase(c)) == "Unknown") fail_msg("no phrase for %d", c);
   assert_string_equal(shoal::http::reason_phrase(404), "Not Found");
   assert_string_equal(shoal::http::reason_phrase(599), "Unknown");
-  const Error all[] = {
-      Error::None,    Error::BadMessage,     Error::HeadersTooLarge, Error::AmbiguousLength,
-      Error::ObsFold, Error::BadHeaderValue, Error::UnsupportedTE,   Error::Callback};
+  const Error all[] = {Error::None,    Error::BadMessage,     Error::HeadersTooLarge, Error::AmbiguousLength,
+                       Error::ObsFold, Error::BadHeaderValue, Error::UnsupportedTE,   Error::Callback};
   for (Error e : all) {
     assert_true(std::string(shoal::http::to_string(e)).size() > 0);
     int s = shoal::http::status_for(e);
@@ -884,12 +868,10 @@ void test_every_split_mixed(void**) {
   assert_string_equal(rp.log.c_str(), rw.log.c_str());
   check_split_invariant(requests, r);
   // A bad byte after a pause point is still caught.
-  const std::string bad =
-      "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwikiXX0\r\n\r\n";
+  const std::string bad = "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwikiXX0\r\n\r\n";
   r.pause_everywhere = true;
   for (size_t i = 0; i <= bad.size(); ++i)
-    assert_int_equal(static_cast<int>(drive(bad, {i}, r).error),
-                     static_cast<int>(Error::BadMessage));
+    assert_int_equal(static_cast<int>(drive(bad, {i}, r).error), static_cast<int>(Error::BadMessage));
 }
 
 }  // namespace

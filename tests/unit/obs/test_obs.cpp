@@ -10,10 +10,9 @@
 #include <thread>
 #include <vector>
 
+#include "../cmocka_cpp.h"
 #include "shoal/obs/log.h"
 #include "shoal/obs/metrics.h"
-
-#include "../cmocka_cpp.h"
 
 namespace {
 
@@ -107,7 +106,8 @@ void test_metrics_render(void**) {
   assert_non_null(strstr(text.c_str(), "shoal_requests_total{route=\"direct\"} 1\n"));
   assert_non_null(strstr(text.c_str(), "shoal_connections_active 7\n"));
   // Buckets are cumulative and end with +Inf = count.
-  assert_non_null(strstr(text.c_str(), "shoal_request_duration_seconds_bucket{le=\"0.10000000000000001\"} 1\n"));
+  assert_non_null(
+      strstr(text.c_str(), "shoal_request_duration_seconds_bucket{le=\"0.10000000000000001\"} 1\n"));
   assert_non_null(strstr(text.c_str(), "shoal_request_duration_seconds_bucket{le=\"1\"} 2\n"));
   assert_non_null(strstr(text.c_str(), "shoal_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
   assert_non_null(strstr(text.c_str(), "shoal_request_duration_seconds_count 3\n"));
@@ -132,9 +132,9 @@ void test_metrics_concurrent(void**) {
 
 int main() {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_log_lines_are_json),   cmocka_unit_test(test_log_reopen_after_rotation),
+      cmocka_unit_test(test_log_lines_are_json),     cmocka_unit_test(test_log_reopen_after_rotation),
       cmocka_unit_test(test_log_open_fails_clearly), cmocka_unit_test(test_parse_level),
-      cmocka_unit_test(test_metrics_render),       cmocka_unit_test(test_metrics_concurrent),
+      cmocka_unit_test(test_metrics_render),         cmocka_unit_test(test_metrics_concurrent),
   };
   return cmocka_run_group_tests_name("obs", tests, nullptr, nullptr);
 }

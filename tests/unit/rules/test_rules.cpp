@@ -24,11 +24,9 @@ using shoal::rules::Scratch;
 
 namespace {
 
-const std::string kDigest =
-    "sha256:8a1f59ffb675680d47db6337b49d22281a139e9d709335b492be023728e11715";
+const std::string kDigest = "sha256:8a1f59ffb675680d47db6337b49d22281a139e9d709335b492be023728e11715";
 const std::string kBlobUrl = "https://registry.example.test/v2/library/alpine/blobs/" + kDigest;
-const std::string kManifestUrl =
-    "https://registry.example.test/v2/library/alpine/manifests/" + kDigest;
+const std::string kManifestUrl = "https://registry.example.test/v2/library/alpine/manifests/" + kDigest;
 const std::string kTagUrl = "https://registry.example.test/v2/library/alpine/manifests/3.19";
 
 std::shared_ptr<const PatternSet> must_compile(const std::vector<std::string>& pats) {
@@ -142,8 +140,7 @@ void test_scratch_reused_across_sets(void**) {
   auto small = must_compile({"a"});
   std::vector<std::string> big_pats;
   for (int i = 0; i < 200; ++i)
-    big_pats.push_back("host" + std::to_string(i) +
-                       "\\.[a-z]+[0-9]{1,3}(x|y|z)*blobs/sha256:[0-9a-f]{64}");
+    big_pats.push_back("host" + std::to_string(i) + "\\.[a-z]+[0-9]{1,3}(x|y|z)*blobs/sha256:[0-9a-f]{64}");
   big_pats.push_back("alpine");
   auto big = must_compile(big_pats);
   Scratch s;

@@ -24,15 +24,13 @@ bool contains(const std::string& hay, const std::string& needle) {
   return hay.find(needle) != std::string::npos;
 }
 
-#define assert_contains(hay, needle)                                     \
-  do {                                                                   \
-    if (!contains(hay, needle))                                          \
-      fail_msg("missing \"%s\" in: %.400s", std::string(needle).c_str(), \
-               std::string(hay).c_str());                                \
+#define assert_contains(hay, needle)                                                                \
+  do {                                                                                              \
+    if (!contains(hay, needle))                                                                     \
+      fail_msg("missing \"%s\" in: %.400s", std::string(needle).c_str(), std::string(hay).c_str()); \
   } while (0)
 
-std::shared_ptr<const Leaf> mint_ok(const std::string& name,
-                                    std::chrono::hours validity = kMaxLeafValidity) {
+std::shared_ptr<const Leaf> mint_ok(const std::string& name, std::chrono::hours validity = kMaxLeafValidity) {
   std::string err;
   auto leaf = ca().mint(name, &err, validity);
   if (leaf == nullptr) fail_msg("mint %s: %s", name.c_str(), err.c_str());
@@ -41,9 +39,8 @@ std::shared_ptr<const Leaf> mint_ok(const std::string& name,
 
 uint32_t verify(const Leaf& leaf, const mbedtls_x509_crt& anchor, const char* name) {
   uint32_t flags = 0;
-  mbedtls_x509_crt_verify(const_cast<mbedtls_x509_crt*>(&leaf.chain),
-                          const_cast<mbedtls_x509_crt*>(&anchor), nullptr, name, &flags, nullptr,
-                          nullptr);
+  mbedtls_x509_crt_verify(const_cast<mbedtls_x509_crt*>(&leaf.chain), const_cast<mbedtls_x509_crt*>(&anchor),
+                          nullptr, name, &flags, nullptr, nullptr);
   return flags;
 }
 
@@ -51,10 +48,9 @@ uint32_t verify(const Leaf& leaf, const mbedtls_x509_crt& anchor, const char* na
 std::string write_leaf_pem(const Leaf& leaf, const std::string& file) {
   unsigned char buf[8192];
   size_t olen = 0;
-  assert_int_equal(
-      mbedtls_pem_write_buffer("-----BEGIN CERTIFICATE-----\n", "-----END CERTIFICATE-----\n",
-                               leaf.chain.raw.p, leaf.chain.raw.len, buf, sizeof buf, &olen),
-      0);
+  assert_int_equal(mbedtls_pem_write_buffer("-----BEGIN CERTIFICATE-----\n", "-----END CERTIFICATE-----\n",
+                                            leaf.chain.raw.p, leaf.chain.raw.len, buf, sizeof buf, &olen),
+                   0);
   std::string path = pki().dir + "/" + file;
   FILE* f = std::fopen(path.c_str(), "w");
   std::fwrite(buf, 1, olen - 1, f);  // olen counts the NUL
@@ -99,8 +95,7 @@ void test_load_not_ca(void**) {
 void test_load_mismatched_key(void**) {
   std::string err;
   assert_null(CertAuthority::load(pki().ca_crt, pki().other_ca_key, &err).get());
-  assert_contains(err,
-                  pki().other_ca_key + ": key does not match the certificate in " + pki().ca_crt);
+  assert_contains(err, pki().other_ca_key + ": key does not match the certificate in " + pki().ca_crt);
 }
 
 void test_load_loose_key_mode(void**) {
@@ -140,12 +135,10 @@ void test_mint_dns_verifies(void**) {
   assert_string_equal(leaf->name.c_str(), "registry.example.com");
   assert_int_equal(verify(*leaf, ca().cert(), "registry.example.com"), 0);
   assert_int_equal(verify(*leaf, ca().cert(), "REGISTRY.example.COM"), 0);
-  assert_true(
-      (verify(*leaf, ca().cert(), "other.example.com") & MBEDTLS_X509_BADCERT_CN_MISMATCH) != 0);
+  assert_true((verify(*leaf, ca().cert(), "other.example.com") & MBEDTLS_X509_BADCERT_CN_MISMATCH) != 0);
   std::string err;
   auto other = CertAuthority::load(pki().other_ca_crt, pki().other_ca_key, &err);
-  assert_true((verify(*leaf, other->cert(), "registry.example.com") &
-               MBEDTLS_X509_BADCERT_NOT_TRUSTED) != 0);
+  assert_true((verify(*leaf, other->cert(), "registry.example.com") & MBEDTLS_X509_BADCERT_NOT_TRUSTED) != 0);
 
   const mbedtls_x509_crt& c = leaf->chain;
   assert_int_equal(c.version, 3);
@@ -154,8 +147,8 @@ void test_mint_dns_verifies(void**) {
   assert_int_equal(c.ca_istrue, 0);
   assert_true((c.ext_types & MBEDTLS_X509_EXT_BASIC_CONSTRAINTS) != 0);
   assert_int_equal(mbedtls_x509_crt_check_key_usage(&c, MBEDTLS_X509_KU_DIGITAL_SIGNATURE), 0);
-  assert_int_equal(mbedtls_x509_crt_check_extended_key_usage(
-                       &c, MBEDTLS_OID_SERVER_AUTH, MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH)),
+  assert_int_equal(mbedtls_x509_crt_check_extended_key_usage(&c, MBEDTLS_OID_SERVER_AUTH,
+                                                             MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH)),
                    0);
   assert_int_equal(mbedtls_pk_get_type(&c.pk), MBEDTLS_PK_ECKEY);
   assert_int_equal(c.sig_md, MBEDTLS_MD_SHA256);
@@ -167,17 +160,16 @@ void test_mint_dns_verifies(void**) {
   assert_int_equal(c.next->raw.len, ca().cert().raw.len);
   assert_memory_equal(c.next->raw.p, ca().cert().raw.p, c.next->raw.len);
   // SAN: one dNSName.
-  assert_string_equal(std::string(reinterpret_cast<const char*>(c.subject_alt_names.buf.p),
-                                  c.subject_alt_names.buf.len)
-                          .c_str(),
-                      "registry.example.com");
+  assert_string_equal(
+      std::string(reinterpret_cast<const char*>(c.subject_alt_names.buf.p), c.subject_alt_names.buf.len)
+          .c_str(),
+      "registry.example.com");
   assert_null(c.subject_alt_names.next);
   // AKI = the CA's SKI.
   const unsigned char *aki = nullptr, *ski = nullptr;
   size_t aki_len = 0, ski_len = 0;
   assert_true(find_extension(c, MBEDTLS_OID_AUTHORITY_KEY_IDENTIFIER,
-                             MBEDTLS_OID_SIZE(MBEDTLS_OID_AUTHORITY_KEY_IDENTIFIER), &aki,
-                             &aki_len));
+                             MBEDTLS_OID_SIZE(MBEDTLS_OID_AUTHORITY_KEY_IDENTIFIER), &aki, &aki_len));
   assert_true(find_extension(ca().cert(), MBEDTLS_OID_SUBJECT_KEY_IDENTIFIER,
                              MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_KEY_IDENTIFIER), &ski, &ski_len));
   assert_int_equal(aki_len, ski_len + 2);  // SEQUENCE{[0] id} vs OCTET STRING id
@@ -240,8 +232,7 @@ void test_mint_ip_san(void**) {
   out.clear();
   int rc = run("openssl verify -CAfile " + pki().ca_crt + " -verify_ip 127.0.0.1 " + pem4, &out);
   if (rc != 0) fail_msg("openssl verify -verify_ip: %s", out.c_str());
-  assert_int_not_equal(
-      run("openssl verify -CAfile " + pki().ca_crt + " -verify_ip 127.0.0.2 " + pem4), 0);
+  assert_int_not_equal(run("openssl verify -CAfile " + pki().ca_crt + " -verify_ip 127.0.0.2 " + pem4), 0);
 }
 
 void test_mint_validity(void**) {
@@ -262,14 +253,12 @@ void test_mint_validity(void**) {
   assert_contains(err, "validity must be positive");
   // Serials differ.
   assert_false(leaf->chain.serial.len == longer->chain.serial.len &&
-               std::memcmp(leaf->chain.serial.p, longer->chain.serial.p, leaf->chain.serial.len) ==
-                   0);
+               std::memcmp(leaf->chain.serial.p, longer->chain.serial.p, leaf->chain.serial.len) == 0);
 }
 
 void test_mint_names(void**) {
   std::string err;
-  for (const char* bad :
-       {"", ".", "a..b", ".a", "a b", "a/b", "a,CN=b", "fe80::1%eth0", "*.example.com"}) {
+  for (const char* bad : {"", ".", "a..b", ".a", "a b", "a/b", "a,CN=b", "fe80::1%eth0", "*.example.com"}) {
     if (ca().mint(bad, &err) != nullptr) fail_msg("minted \"%s\"", bad);
     assert_contains(err, "not a valid DNS name or IP address");
   }
@@ -281,8 +270,7 @@ void test_mint_names(void**) {
   std::string out, pem = write_leaf_pem(*leaf, "long.pem");
   assert_int_equal(run("openssl x509 -noout -text -in " + pem, &out), 0);
   assert_contains(out, "X509v3 Subject Alternative Name: critical");
-  int rc = run(
-      "openssl verify -CAfile " + pki().ca_crt + " -verify_hostname " + longname + " " + pem, &out);
+  int rc = run("openssl verify -CAfile " + pki().ca_crt + " -verify_hostname " + longname + " " + pem, &out);
   if (rc != 0) fail_msg("openssl verify: %s", out.c_str());
   assert_string_equal(mint_ok("Fqdn.Example.")->name.c_str(), "fqdn.example");
   auto svc = mint_ok("_svc.example.com");

@@ -67,8 +67,8 @@ Bytes versions_ext(const std::vector<uint16_t>& versions) {
 
 // A ClientHello handshake message (header included) with these extensions;
 // with_ext_block=false omits the extensions block entirely.
-Bytes hello_msg(const std::vector<Bytes>& exts, bool with_ext_block = true,
-                uint16_t version = 0x0303, uint8_t sid_len = 0) {
+Bytes hello_msg(const std::vector<Bytes>& exts, bool with_ext_block = true, uint16_t version = 0x0303,
+                uint8_t sid_len = 0) {
   Bytes body;
   put16(&body, version);
   body.insert(body.end(), 32, 0xab);  // random
@@ -111,8 +111,7 @@ PeekStatus peek(const Bytes& b, ClientHelloInfo* info = nullptr) {
   return peek_client_hello(b.data(), b.size(), info != nullptr ? info : &tmp);
 }
 
-#define assert_peek(bytes, want) \
-  assert_string_equal(to_string(peek(bytes)), to_string(PeekStatus::want))
+#define assert_peek(bytes, want) assert_string_equal(to_string(peek(bytes)), to_string(PeekStatus::want))
 
 void test_real_hello(void**) {
   Bytes h = real_hello("Registry.Example.COM");
@@ -157,11 +156,9 @@ void test_split_records_every_prefix(void**) {
 void test_no_sni(void**) {
   // A client Session for an IP literal sends no SNI.
   ClientHelloInfo info;
-  assert_int_equal(static_cast<int>(peek(real_hello("127.0.0.1"), &info)),
-                   static_cast<int>(PeekStatus::Ok));
+  assert_int_equal(static_cast<int>(peek(real_hello("127.0.0.1"), &info)), static_cast<int>(PeekStatus::Ok));
   assert_true(info.sni.empty());
-  assert_int_equal(static_cast<int>(peek(records(hello_msg({})), &info)),
-                   static_cast<int>(PeekStatus::Ok));
+  assert_int_equal(static_cast<int>(peek(records(hello_msg({})), &info)), static_cast<int>(PeekStatus::Ok));
   assert_true(info.sni.empty());
   assert_true(info.alpn.empty());
   // No extensions block at all (an old client).
@@ -197,13 +194,11 @@ void test_alpn_list(void**) {
 void test_supported_versions(void**) {
   ClientHelloInfo info;
   // TLS 1.3-only: legacy_version says 1.2 but the list is authoritative.
-  assert_int_equal(
-      static_cast<int>(peek(records(hello_msg({versions_ext({0x0a0a, 0x0304})})), &info)),
-      static_cast<int>(PeekStatus::Ok));
+  assert_int_equal(static_cast<int>(peek(records(hello_msg({versions_ext({0x0a0a, 0x0304})})), &info)),
+                   static_cast<int>(PeekStatus::Ok));
   assert_false(info.offers_tls12);
-  assert_int_equal(
-      static_cast<int>(peek(records(hello_msg({versions_ext({0x0304, 0x0303})})), &info)),
-      static_cast<int>(PeekStatus::Ok));
+  assert_int_equal(static_cast<int>(peek(records(hello_msg({versions_ext({0x0304, 0x0303})})), &info)),
+                   static_cast<int>(PeekStatus::Ok));
   assert_true(info.offers_tls12);
   // A TLS 1.0 client without the extension.
   assert_int_equal(static_cast<int>(peek(records(hello_msg({}, true, 0x0301)), &info)),
@@ -318,8 +313,7 @@ void test_fuzz_smoke(void**) {
   std::mt19937 rng(12345);
   const Bytes seeds[] = {
       real_hello("registry.example.com"),
-      records(hello_msg({sni_ext("a.example"), alpn_ext({"h2", "http/1.1"}),
-                         versions_ext({0x0304, 0x0303})}),
+      records(hello_msg({sni_ext("a.example"), alpn_ext({"h2", "http/1.1"}), versions_ext({0x0304, 0x0303})}),
               9),
   };
   for (int i = 0; i < 20000; i++) {

@@ -89,15 +89,13 @@ const Pki& pki() {
   must(
       "umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30"
       " -extensions v3_ca" +
-      cnf + " -subj '/O=Shoal Test/CN=Shoal EC CA' -keyout " + p.ec_ca_key + " -out " +
-      p.ec_ca_crt);
+      cnf + " -subj '/O=Shoal Test/CN=Shoal EC CA' -keyout " + p.ec_ca_key + " -out " + p.ec_ca_crt);
   must("umask 077 && openssl req -x509 -newkey rsa:2048 -nodes -days 30 -extensions v3_ca" + cnf +
        " -subj '/CN=Unrelated CA' -keyout " + p.other_ca_key + " -out " + p.other_ca_crt);
   must("umask 077 && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes" + cnf +
        " -subj '/CN=leaf.example.com' -keyout " + p.leaf_key + " -out " + d + "leaf.csr");
   must("openssl x509 -req -in " + d + "leaf.csr -CA " + p.ca_crt + " -CAkey " + p.ca_key +
-       " -CAcreateserial -days 30 -extfile " + d + "openssl.cnf -extensions v3_leaf -out " +
-       p.leaf_crt);
+       " -CAcreateserial -days 30 -extfile " + d + "openssl.cnf -extensions v3_leaf -out " + p.leaf_crt);
   must("cp " + p.ca_key + " " + p.loose_key + " && chmod 0644 " + p.loose_key);
   g_made = true;
   return g_pki;

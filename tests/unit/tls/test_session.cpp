@@ -17,15 +17,13 @@ bool contains(const std::string& hay, const std::string& needle) {
   return hay.find(needle) != std::string::npos;
 }
 
-#define assert_contains(hay, needle)                                     \
-  do {                                                                   \
-    if (!contains(hay, needle))                                          \
-      fail_msg("missing \"%s\" in: %.400s", std::string(needle).c_str(), \
-               std::string(hay).c_str());                                \
+#define assert_contains(hay, needle)                                                                \
+  do {                                                                                              \
+    if (!contains(hay, needle))                                                                     \
+      fail_msg("missing \"%s\" in: %.400s", std::string(needle).c_str(), std::string(hay).c_str()); \
   } while (0)
 
-#define assert_status(got, want) \
-  assert_int_equal(static_cast<int>(got), static_cast<int>(Status::want))
+#define assert_status(got, want) assert_int_equal(static_cast<int>(got), static_cast<int>(Status::want))
 
 std::shared_ptr<const Leaf> leaf_for(const std::string& name) {
   std::string err;
@@ -261,8 +259,8 @@ void test_trust_store(void**) {
   assert_contains(err, pki().dir + "/openssl.cnf: ");
   // A directory: every certificate file in it (the keys and configs fail).
   std::string sub = pki().dir + "/anchors";
-  assert_int_equal(
-      run("mkdir -p " + sub + " && cp " + pki().ca_crt + " " + pki().other_ca_crt + " " + sub), 0);
+  assert_int_equal(run("mkdir -p " + sub + " && cp " + pki().ca_crt + " " + pki().other_ca_crt + " " + sub),
+                   0);
   TrustStore dir;
   assert_true(dir.add(sub, &err));
   assert_int_equal(dir.count(), 2);
