@@ -61,45 +61,11 @@ std::string lower(std::string s) {
   return s;
 }
 
-std::string host_port(const std::string& host, uint16_t port) {
-  if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
-  return host + ":" + std::to_string(port);
-}
-
 // Host header value: the port is left out when it is the scheme's default.
 std::string host_header(const std::string& host, uint16_t port, bool https) {
   if ((https && port == 443) || (!https && port == 80))
     return host.find(':') != std::string::npos ? "[" + host + "]" : host;
   return host_port(host, port);
-}
-
-void append(std::vector<char>& v, const char* p, size_t n) { v.insert(v.end(), p, p + n); }
-
-void append_tls_output(Side& s) {
-  auto& out = s.tls->output();
-  if (out.empty()) return;
-  // Through char pointers: iterator ranges of another element type compile
-  // to a byte-at-a-time loop here, which cost 5-8 % of relay CPU.
-  append(s.queue, reinterpret_cast<const char*>(out.data()), out.size());
-  out.clear();
-}
-
-// Decrypts as many records as fit into buf (cap bytes), so the parser and the
-// other side's TLS layer see large runs instead of one record at a time.
-// *n bytes are in buf; the return value is what ended the run: Ok when buf
-// is full, else WantRead, Closed or Error — which the caller must act on
-// after it has used the *n bytes (a close_notify right behind the last data
-// is reported only once).
-tls::Status read_records(tls::Session& tls, uint8_t* buf, size_t cap, size_t* n) {
-  constexpr size_t kRecord = 16 * 1024;
-  *n = 0;
-  for (;;) {
-    size_t got = 0;
-    tls::Status st = tls.read(buf + *n, cap - *n, &got);
-    if (st != tls::Status::Ok) return st;
-    *n += got;
-    if (cap - *n < kRecord) return tls::Status::Ok;
-  }
 }
 
 bool constant_time_equal(const std::string& a, const std::string& b) {
@@ -109,140 +75,11 @@ bool constant_time_equal(const std::string& a, const std::string& b) {
   return d == 0;
 }
 
-void release_wbuf(Side& s) {
-  // Large objects stream through in 64 KiB steps; don't keep a big buffer
-  // per idle connection.
-  if (s.wbuf.capacity() > 256 * 1024)
-    std::vector<char>().swap(s.wbuf);
-  else
-    s.wbuf.clear();
-}
-
 void on_handle_closed(uv_handle_t* h) { static_cast<Conn*>(h->data)->handle_closed(); }
 
 void on_client_write(uv_write_t* req, int status) {
   auto* c = static_cast<Conn*>(req->data);
   c->write_done(nullptr, status);
-}
-
-// --- Upstream callbacks: they hold only the Upstream. A released Upstream
-// (conn == nullptr) never calls into its former Conn.
-
-void up_on_close(uv_handle_t* h) { delete static_cast<Upstream*>(h->data); }
-
-void up_alloc_cb(uv_handle_t* h, size_t, uv_buf_t* buf) {
-  auto* u = static_cast<Upstream*>(h->data);
-  *buf = uv_buf_init(u->w->read_buffer(), static_cast<unsigned>(Worker::kReadBufferSize));
-}
-
-void up_write_cb(uv_write_t* req, int status) {
-  auto* u = static_cast<Upstream*>(req->data);
-  u->side.wpending = false;
-  release_wbuf(u->side);
-  if (u->conn) u->conn->write_done(&u->side, status);
-}
-
-void up_shutdown_cb(uv_shutdown_t*, int) {}
-
-void up_handshake_step(Upstream* u) {
-  tls::Status st = u->side.tls->handshake();
-  append_tls_output(u->side);
-  Conn* c = u->conn;
-  if (st == tls::Status::Ok) {
-    u->st = Upstream::St::Ready;
-    c->upstream_ready(u);
-    return;
-  }
-  if (st == tls::Status::WantRead) {
-    c->upstream_data(u, nullptr, 0);  // sends the handshake bytes
-    return;
-  }
-  std::string why = u->side.tls->error_string();
-  std::string vi = u->side.tls->verify_info();
-  if (!vi.empty() && why.find(vi) == std::string::npos) why += " (" + vi + ")";
-  c->upstream_failed(u, "TLS handshake with " + host_port(u->host, u->port) + " failed: " + why);
-}
-
-void up_on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
-  auto* u = static_cast<Upstream*>(s->data);
-  if (!u->conn || nread == 0) return;
-  if (nread == UV_EOF) {
-    u->side.eof = true;
-    u->conn->upstream_eof(u);
-    return;
-  }
-  if (nread < 0) {
-    u->conn->upstream_failed(u,
-                             std::string("origin connection error: ") + uv_strerror(static_cast<int>(nread)));
-    return;
-  }
-  u->side.bytes_in += static_cast<uint64_t>(nread);
-  if (u->st == Upstream::St::Handshaking) {
-    u->side.tls->feed(reinterpret_cast<const uint8_t*>(buf->base), static_cast<size_t>(nread));
-    up_handshake_step(u);
-    return;
-  }
-  u->conn->upstream_data(u, buf->base, static_cast<size_t>(nread));
-}
-
-void up_on_connect(uv_connect_t* req, int status) {
-  auto* u = static_cast<Upstream*>(req->data);
-  u->connect_pending = false;
-  if (!u->conn) return;
-  if (status != 0) {
-    u->conn->upstream_failed(u, "connect to " + host_port(u->host, u->port) + ": " + uv_strerror(status));
-    return;
-  }
-  if (u->use_tls) {
-    u->side.tls = tls::Session::client(u->tls_cfg.get(), u->host);
-    if (!u->side.tls) {
-      u->conn->upstream_failed(u, "cannot create a TLS session for " + u->host);
-      return;
-    }
-    u->st = Upstream::St::Handshaking;
-    u->conn->upstream_data(u, nullptr, 0);  // starts reading
-    up_handshake_step(u);
-    return;
-  }
-  u->st = Upstream::St::Ready;
-  u->conn->upstream_ready(u);
-}
-
-void up_connect_addr(Upstream* u, const sockaddr* sa) {
-  int r = uv_tcp_init(u->w->loop(), &u->side.tcp);
-  if (r != 0) {
-    u->conn->upstream_failed(u, std::string("socket: ") + uv_strerror(r));
-    return;
-  }
-  u->side.inited = true;
-  u->side.tcp.data = u;
-  uv_tcp_nodelay(&u->side.tcp, 1);
-  u->creq.data = u;
-  u->st = Upstream::St::Connecting;
-  r = uv_tcp_connect(&u->creq, &u->side.tcp, sa, up_on_connect);
-  if (r != 0) {
-    u->conn->upstream_failed(u, "connect to " + host_port(u->host, u->port) + ": " + uv_strerror(r));
-    return;
-  }
-  u->connect_pending = true;
-}
-
-void up_on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res) {
-  auto* u = static_cast<Upstream*>(req->data);
-  u->gai_pending = false;
-  if (!u->conn) {
-    if (res) uv_freeaddrinfo(res);
-    u->release();
-    return;
-  }
-  if (status != 0 || !res) {
-    if (res) uv_freeaddrinfo(res);
-    u->conn->upstream_failed(u, "cannot resolve " + u->host + ": " + uv_strerror(status));
-    return;
-  }
-  // The first address; resolvers order them by RFC 6724 preference.
-  up_connect_addr(u, res->ai_addr);
-  uv_freeaddrinfo(res);
 }
 
 struct MintJob {
@@ -256,23 +93,6 @@ struct MintJob {
 };
 
 }  // namespace
-
-void Upstream::release() {
-  conn = nullptr;
-  st = St::Closed;
-  if (gai_pending) {
-    // A lookup still queued in the thread pool is cancelled; one already
-    // running cannot be. Either way up_on_resolved runs and frees this.
-    uv_cancel(reinterpret_cast<uv_req_t*>(&gai));
-    return;
-  }
-  if (side.inited) {
-    auto* h = reinterpret_cast<uv_handle_t*>(&side.tcp);
-    if (!uv_is_closing(h)) uv_close(h, up_on_close);
-    return;
-  }
-  delete this;
-}
 
 // ---------------------------------------------------------------------------
 // Responses from the origin.
@@ -444,7 +264,7 @@ void Conn::client_bytes(const char* data, size_t n) {
     case Mode::Tunnel:
       m().tunnel_bytes.inc(n);
       append(up_->side.queue, data, n);
-      flush(up_->side);
+      up_->flush();
       break;
     case Mode::Closing:
       break;
@@ -952,56 +772,20 @@ Upstream* Conn::get_upstream(const std::string& host, uint16_t port, bool use_tl
     return up_;
   }
   if (up_) up_->release();
-  auto* u = new Upstream;
-  up_ = u;
-  u->conn = this;
-  u->w = &w_;
-  u->host = host;
-  u->port = port;
-  u->use_tls = use_tls;
-  u->busy_exchange = true;
-  u->parser = std::make_unique<http::Parser>(http::Parser::Kind::Response, resp_handler_.get());
-  if (use_tls) u->tls_cfg = w_.client_config(rt_->trust_for(host, port, w_.scratch()));
-  sockaddr_in6 a6{};
-  sockaddr_in a4{};
-  if (uv_ip4_addr(host.c_str(), port, &a4) == 0) {
-    up_connect_addr(u, reinterpret_cast<sockaddr*>(&a4));
-  } else if (uv_ip6_addr(host.c_str(), port, &a6) == 0) {
-    up_connect_addr(u, reinterpret_cast<sockaddr*>(&a6));
-  } else {
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    u->gai.data = u;
-    u->gai_pending = true;
-    int r = uv_getaddrinfo(w_.loop(), &u->gai, up_on_resolved, host.c_str(), std::to_string(port).c_str(),
-                           &hints);
-    if (r != 0) {
-      u->gai_pending = false;
-      upstream_failed(u, "cannot resolve " + host + ": " + uv_strerror(r));
-      return up_ == u ? u : nullptr;
-    }
+  std::shared_ptr<tls::ClientConfig> cfg;
+  if (use_tls) cfg = w_.client_config(rt_->trust_for(host, port, w_.scratch()));
+  up_ = Upstream::open(w_, this, host, port, use_tls, std::move(cfg), resp_handler_.get());
+  up_->busy_exchange = true;
+  if (!up_->fail_reason.empty()) {
+    Upstream* u = up_;
+    upstream_failed(u, u->fail_reason);
+    return nullptr;
   }
-  return up_ == u ? u : nullptr;
+  return up_;
 }
 
 void Conn::send_upstream(const char* data, size_t n) {
-  Upstream* u = up_;
-  if (!u) return;
-  if (u->st != Upstream::St::Ready) {
-    append(u->early, data, n);
-    return;
-  }
-  if (u->side.tls) {
-    if (u->side.tls->write(reinterpret_cast<const uint8_t*>(data), n) != tls::Status::Ok) {
-      upstream_failed(u, "TLS write to origin failed: " + u->side.tls->error_string());
-      return;
-    }
-    append_tls_output(u->side);
-  } else {
-    append(u->side.queue, data, n);
-  }
-  flush(u->side);
+  if (up_) up_->send(data, n);
 }
 
 void Conn::send_client(const char* data, size_t n) {
@@ -1061,7 +845,7 @@ void Conn::start_tunnel() {
     m().tunnel_bytes.inc(hello_.size());
     append(up_->side.queue, hello_.data(), hello_.size());
     std::vector<char>().swap(hello_);
-    flush(up_->side);
+    up_->flush();
   }
   arm_timer(rt_->cfg->idle_timeout_s);
   update_reads();
@@ -1135,7 +919,7 @@ void Conn::upstream_failed(Upstream* u, const std::string& why) {
 void Conn::upstream_data(Upstream* u, const char* data, size_t n) {
   if (u != up_ || closing_) return;
   if (!data) {
-    flush(u->side);
+    u->flush();
     update_reads();
     return;
   }
@@ -1331,6 +1115,10 @@ void Conn::graceful_close() {
 // --- Plumbing ---------------------------------------------------------------
 
 void Conn::flush(Side& s) {
+  if (&s != &client_) {
+    if (up_ && &s == &up_->side) up_->flush();
+    return;
+  }
   if (s.corked) return;  // the corker flushes when it is done
   if (!s.inited || s.wpending || s.queue.empty() || closing_) {
     maybe_shutdown(s);
@@ -1339,10 +1127,8 @@ void Conn::flush(Side& s) {
   s.wbuf.swap(s.queue);
   s.queue.clear();
   uv_buf_t b = uv_buf_init(s.wbuf.data(), static_cast<unsigned>(s.wbuf.size()));
-  bool is_client = &s == &client_;
-  s.wreq.data = is_client ? static_cast<void*>(this) : static_cast<void*>(up_);
-  int r = uv_write(&s.wreq, reinterpret_cast<uv_stream_t*>(&s.tcp), &b, 1,
-                   is_client ? on_client_write : up_write_cb);
+  s.wreq.data = this;
+  int r = uv_write(&s.wreq, reinterpret_cast<uv_stream_t*>(&s.tcp), &b, 1, on_client_write);
   if (r != 0) {
     release_wbuf(s);
     close_all(true);
@@ -1350,6 +1136,11 @@ void Conn::flush(Side& s) {
   }
   s.wpending = true;
   s.bytes_out += b.len;
+}
+
+void Conn::upstream_written(Upstream* u, int status) {
+  if (u != up_) return;
+  write_done(&u->side, status);
 }
 
 void Conn::write_done(Side* s, int status) {
@@ -1387,7 +1178,7 @@ void Conn::write_done(Side* s, int status) {
 void Conn::maybe_shutdown(Side& s) {
   if (!s.want_shut || s.shut || s.busy() || !s.inited) return;
   s.shut = true;
-  uv_shutdown(&s.sreq, reinterpret_cast<uv_stream_t*>(&s.tcp), up_shutdown_cb);
+  uv_shutdown(&s.sreq, reinterpret_cast<uv_stream_t*>(&s.tcp), [](uv_shutdown_t*, int) {});
 }
 
 void Conn::update_reads() {
@@ -1424,14 +1215,7 @@ void Conn::update_reads() {
   }
   if (up_ && up_->side.inited && (up_->st == Upstream::St::Ready || up_->st == Upstream::St::Handshaking)) {
     bool want_up = !up_->side.eof && (up_->st == Upstream::St::Handshaking || !client_.busy());
-    if (want_up != up_->side.reading) {
-      auto* st = reinterpret_cast<uv_stream_t*>(&up_->side.tcp);
-      if (want_up)
-        uv_read_start(st, up_alloc_cb, up_on_read);
-      else
-        uv_read_stop(st);
-      up_->side.reading = want_up;
-    }
+    up_->set_reading(want_up);
   }
 }
 

@@ -43,53 +43,11 @@
 #include "shoal/proxy/worker.h"
 #include "shoal/tls/client_hello.h"
 #include "shoal/tls/session.h"
+#include "upstream.h"
 
 namespace shoal::proxy {
 
-class Conn;
-
-// One TCP socket, optionally with TLS, and its write queue.
-struct Side {
-  uv_tcp_t tcp{};
-  std::unique_ptr<tls::Session> tls;
-  std::vector<char> wbuf;   // bytes of the uv_write in flight
-  std::vector<char> queue;  // bytes waiting for the next uv_write
-  uv_write_t wreq{};
-  uv_shutdown_t sreq{};
-  bool inited = false;
-  bool reading = false;
-  bool wpending = false;
-  bool eof = false;        // the peer sent FIN
-  bool shut = false;       // we sent FIN
-  bool want_shut = false;  // send FIN once the queue is flushed
-  bool corked = false;     // flush() waits: a batch is being built
-  uint64_t bytes_in = 0, bytes_out = 0;
-  bool busy() const { return wpending || !queue.empty(); }
-};
-
-struct Upstream {
-  enum class St { Resolving, Connecting, Handshaking, Ready, Closed };
-  Conn* conn = nullptr;  // null once released
-  Worker* w = nullptr;
-  Side side;
-  std::string host;
-  uint16_t port = 0;
-  bool use_tls = false;
-  St st = St::Resolving;
-  uv_getaddrinfo_t gai{};
-  uv_connect_t creq{};
-  bool gai_pending = false;
-  bool connect_pending = false;
-  std::vector<char> early;  // plaintext queued before Ready
-  std::shared_ptr<tls::ClientConfig> tls_cfg;
-  std::unique_ptr<http::Parser> parser;  // responses
-  bool busy_exchange = false;            // a request is outstanding
-  uint32_t exchanges = 0;                // responses completed on this connection
-  std::string fail_reason;
-  void release();  // detach from the Conn and close; frees itself
-};
-
-class Conn : public http::Handler {
+class Conn : public http::Handler, public UpstreamOwner {
  public:
   enum class Mode { Http, Dialing, PeekHello, Minting, Handshake, HttpTls, Tunnel, Closing };
 
@@ -107,11 +65,13 @@ class Conn : public http::Handler {
   int on_body(const char* data, size_t len) override;
   int on_message_complete() override;
 
-  // Called by Upstream callbacks.
-  void upstream_ready(Upstream* u);
-  void upstream_failed(Upstream* u, const std::string& why);
-  void upstream_data(Upstream* u, const char* data, size_t n);
-  void upstream_eof(Upstream* u);
+  // UpstreamOwner.
+  void upstream_ready(Upstream* u) override;
+  void upstream_failed(Upstream* u, const std::string& why) override;
+  void upstream_data(Upstream* u, const char* data, size_t n) override;
+  void upstream_eof(Upstream* u) override;
+  void upstream_written(Upstream* u, int status) override;
+  // A write on side s finished (the client's, or the upstream's).
   void write_done(Side* s, int status);
   void handle_closed();
 

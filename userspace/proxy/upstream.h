@@ -1,0 +1,113 @@
+// Upstream: one connection from Shoal to an origin (resolve, connect, TLS
+// client handshake, one write in flight, reads into the worker's shared
+// buffer), and Side, one socket with its write queue. Internal to the proxy
+// module: a client Conn forwards requests through one, and the task engine's
+// back-to-source fetch uses another.
+//
+// Ownership: an Upstream is owned by its UpstreamOwner until release(); it
+// then closes itself and frees itself in its close callback (or when a DNS
+// lookup it is waiting for returns) and never calls the owner again.
+// Callbacks into the owner happen on the owner's loop thread only.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "shoal/http/http.h"
+#include "shoal/proxy/worker.h"
+#include "shoal/tls/session.h"
+
+namespace shoal::proxy {
+
+// One TCP socket, optionally with TLS, and its write queue.
+struct Side {
+  uv_tcp_t tcp{};
+  std::unique_ptr<tls::Session> tls;
+  std::vector<char> wbuf;   // bytes of the uv_write in flight
+  std::vector<char> queue;  // bytes waiting for the next uv_write
+  uv_write_t wreq{};
+  uv_shutdown_t sreq{};
+  bool inited = false;
+  bool reading = false;
+  bool wpending = false;
+  bool eof = false;        // the peer sent FIN
+  bool shut = false;       // we sent FIN
+  bool want_shut = false;  // send FIN once the queue is flushed
+  bool corked = false;     // flush() waits: a batch is being built
+  uint64_t bytes_in = 0, bytes_out = 0;
+  bool busy() const { return wpending || !queue.empty(); }
+};
+
+struct Upstream;
+
+// What an Upstream reports to whoever owns it.
+class UpstreamOwner {
+ public:
+  virtual ~UpstreamOwner() = default;
+  virtual void upstream_ready(Upstream* u) = 0;                            // connected (and TLS done)
+  virtual void upstream_failed(Upstream* u, const std::string& why) = 0;  // owner must release()
+  virtual void upstream_data(Upstream* u, const char* data, size_t n) = 0;  // raw bytes read
+  virtual void upstream_eof(Upstream* u) = 0;
+  virtual void upstream_written(Upstream* u, int status) = 0;  // a uv_write finished
+};
+
+struct Upstream {
+  enum class St { Resolving, Connecting, Handshaking, Ready, Closed };
+  // Starts resolving/connecting; never returns null. A failure found before
+  // open() returns is left in fail_reason (the caller must check it and
+  // release); later ones reach owner->upstream_failed().
+  static Upstream* open(Worker& w, UpstreamOwner* owner, const std::string& host, uint16_t port,
+                        bool use_tls, std::shared_ptr<tls::ClientConfig> tls_cfg,
+                        http::Handler* response_handler);
+
+  // Queues plaintext for the origin (buffered until Ready) and flushes.
+  void send(const char* data, size_t n);
+  void flush();
+  void set_reading(bool on);
+  void release();
+
+  UpstreamOwner* owner = nullptr;  // null once released
+  Worker* w = nullptr;
+  Side side;
+  std::string host;
+  uint16_t port = 0;
+  bool use_tls = false;
+  St st = St::Resolving;
+  uv_getaddrinfo_t gai{};
+  uv_connect_t creq{};
+  bool gai_pending = false;
+  bool connect_pending = false;
+  std::vector<char> early;  // plaintext queued before Ready
+  std::shared_ptr<tls::ClientConfig> tls_cfg;
+  std::unique_ptr<http::Parser> parser;  // responses
+  bool busy_exchange = false;            // a request is outstanding
+  int exchanges = 0;                     // requests completed on this connection
+  std::string fail_reason;
+
+  // Internals used by the libuv callbacks.
+  void connect_addr(const sockaddr* sa);
+  void handshake_step();
+  void fail(const std::string& why);
+  bool opening = false;
+};
+
+// Helpers shared by Conn and the fetcher.
+void append(std::vector<char>& v, const char* p, size_t n);
+// Moves what the TLS session produced into the side's write queue.
+void append_tls_output(Side& s);
+// Decrypts as many records as fit into buf (cap bytes), so parsers and the
+// other side's TLS layer see large runs instead of one record at a time.
+// *n bytes are in buf; the return value is what ended the run: Ok when buf
+// is full, else WantRead, Closed or Error — which the caller must act on
+// after it has used the *n bytes (a close_notify right behind the last data
+// is reported only once).
+tls::Status read_records(tls::Session& tls, uint8_t* buf, size_t cap, size_t* n);
+// Drops a write buffer that grew large, so idle connections stay small.
+void release_wbuf(Side& s);
+std::string host_port(const std::string& host, uint16_t port);
+
+}  // namespace shoal::proxy
