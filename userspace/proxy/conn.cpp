@@ -1135,6 +1135,7 @@ void Conn::flush(Side& s) {
     return;
   }
   s.wpending = true;
+  s.note_written();
   s.bytes_out += b.len;
 }
 
@@ -1147,6 +1148,7 @@ void Conn::write_done(Side* s, int status) {
   if (!s) {
     s = &client_;
     client_.wpending = false;
+    client_.in_kernel = false;
     release_wbuf(client_);
   }
   if (closing_) {

@@ -54,6 +54,7 @@ void on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
 void on_write(uv_write_t* req, int status) {
   auto* u = static_cast<Upstream*>(req->data);
   u->side.wpending = false;
+  u->side.in_kernel = false;
   release_wbuf(u->side);
   if (u->owner) u->owner->upstream_written(u, status);
 }
@@ -67,7 +68,8 @@ void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     return;
   }
   if (nread < 0) {
-    u->owner->upstream_failed(u, std::string("origin connection error: ") + uv_strerror(static_cast<int>(nread)));
+    u->owner->upstream_failed(
+        u, std::string("origin connection error: ") + uv_strerror(static_cast<int>(nread)));
     return;
   }
   u->side.bytes_in += static_cast<uint64_t>(nread);
@@ -122,8 +124,9 @@ void on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res) {
 
 }  // namespace
 
-Upstream* Upstream::open(Worker& w, UpstreamOwner* owner, const std::string& host, uint16_t port, bool use_tls,
-                         std::shared_ptr<tls::ClientConfig> tls_cfg, http::Handler* response_handler) {
+Upstream* Upstream::open(Worker& w, UpstreamOwner* owner, const std::string& host, uint16_t port,
+                         bool use_tls, std::shared_ptr<tls::ClientConfig> tls_cfg,
+                         http::Handler* response_handler) {
   auto* u = new Upstream;
   u->owner = owner;
   u->w = &w;
@@ -145,7 +148,8 @@ Upstream* Upstream::open(Worker& w, UpstreamOwner* owner, const std::string& hos
     hints.ai_socktype = SOCK_STREAM;
     u->gai.data = u;
     u->gai_pending = true;
-    int r = uv_getaddrinfo(w.loop(), &u->gai, on_resolved, host.c_str(), std::to_string(port).c_str(), &hints);
+    int r =
+        uv_getaddrinfo(w.loop(), &u->gai, on_resolved, host.c_str(), std::to_string(port).c_str(), &hints);
     if (r != 0) {
       u->gai_pending = false;
       u->fail("cannot resolve " + host + ": " + uv_strerror(r));
@@ -228,6 +232,7 @@ void Upstream::flush() {
     return;
   }
   side.wpending = true;
+  side.note_written();
   side.bytes_out += b.len;
 }
 

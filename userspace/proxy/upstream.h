@@ -38,8 +38,17 @@ struct Side {
   bool shut = false;       // we sent FIN
   bool want_shut = false;  // send FIN once the queue is flushed
   bool corked = false;     // flush() waits: a batch is being built
+  // The write in flight went straight into the kernel (libuv writes at once
+  // when it can; only its callback is deferred). Such a side is not "busy":
+  // stopping and restarting the other side's reads for it cost several
+  // epoll_ctl calls per small request. Memory stays bounded: while wpending
+  // nothing more is written, so at most one read's worth queues up.
+  bool in_kernel = false;
   uint64_t bytes_in = 0, bytes_out = 0;
-  bool busy() const { return wpending || !queue.empty(); }
+  bool busy() const { return (wpending && !in_kernel) || !queue.empty(); }
+  void note_written() {
+    in_kernel = uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&tcp)) == 0;
+  }
 };
 
 struct Upstream;
@@ -48,8 +57,8 @@ struct Upstream;
 class UpstreamOwner {
  public:
   virtual ~UpstreamOwner() = default;
-  virtual void upstream_ready(Upstream* u) = 0;                            // connected (and TLS done)
-  virtual void upstream_failed(Upstream* u, const std::string& why) = 0;  // owner must release()
+  virtual void upstream_ready(Upstream* u) = 0;                             // connected (and TLS done)
+  virtual void upstream_failed(Upstream* u, const std::string& why) = 0;    // owner must release()
   virtual void upstream_data(Upstream* u, const char* data, size_t n) = 0;  // raw bytes read
   virtual void upstream_eof(Upstream* u) = 0;
   virtual void upstream_written(Upstream* u, int status) = 0;  // a uv_write finished
@@ -60,9 +69,8 @@ struct Upstream {
   // Starts resolving/connecting; never returns null. A failure found before
   // open() returns is left in fail_reason (the caller must check it and
   // release); later ones reach owner->upstream_failed().
-  static Upstream* open(Worker& w, UpstreamOwner* owner, const std::string& host, uint16_t port,
-                        bool use_tls, std::shared_ptr<tls::ClientConfig> tls_cfg,
-                        http::Handler* response_handler);
+  static Upstream* open(Worker& w, UpstreamOwner* owner, const std::string& host, uint16_t port, bool use_tls,
+                        std::shared_ptr<tls::ClientConfig> tls_cfg, http::Handler* response_handler);
 
   // Queues plaintext for the origin (buffered until Ready) and flushes.
   void send(const char* data, size_t n);
