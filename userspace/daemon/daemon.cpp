@@ -21,6 +21,7 @@
 #include "shoal/obs/metrics.h"
 #include "shoal/proxy/runtime.h"
 #include "shoal/proxy/worker.h"
+#include "shoal/task/store.h"
 
 namespace shoal::daemon {
 
@@ -239,6 +240,20 @@ int Daemon::setup(std::string* err) {
   for (const auto& d : lr.diags) log_warn("configuration").str("diag", d.str());
   shared_.set_runtime(rt);
   shared_.peer_id = make_peer_id();
+  {
+    // The task store: without it Shoal still proxies, it just stores nothing.
+    std::unique_ptr<task::Store> store;
+    std::string serr;
+    if (task::Store::open(cfg_->data_dir, &store, &serr) == 0) {
+      log_info("task store open")
+          .str("dir", cfg_->data_dir)
+          .num("tasks", static_cast<int64_t>(store->task_count()))
+          .num("bytes", static_cast<int64_t>(store->total_bytes()));
+      shared_.engine = std::make_unique<task::Engine>(std::move(store));
+    } else {
+      log_warn("task store unavailable: p2p requests are forwarded to the origin").str("error", serr);
+    }
+  }
 
   // Listener: the first free port of a Dragonfly-style range.
   proxy_ep_ = cfg_->proxy_listen;

@@ -115,6 +115,29 @@ struct Conn::ResponseHandler : http::Handler {
       return 0;
     }
     ex.informational = false;
+    if (ex.tee) {
+      const std::string* loc = head.find("Location");
+      bool redirect = head.status == 301 || head.status == 302 || head.status == 303 || head.status == 307 ||
+                      head.status == 308;
+      if (redirect && loc && ex.redirects < 10) {
+        // Shoal follows the registry's redirect to its blob store itself, so
+        // the task is named by the digest whatever URL the bytes come from.
+        ex.redirecting = true;
+        ex.location = *loc;
+        ex.up_keep_alive = head.keep_alive;
+        return 0;
+      }
+      bool cacheable =
+          head.status == 200 && head.content_length >= 0 && !head.chunked && !head.find("Content-Encoding");
+      if (cacheable) {
+        ex.status = 200;
+        ex.up_keep_alive = head.keep_alive;
+        conn->tee_streaming(head);
+        if (ex.tee) return 0;
+      } else {
+        conn->tee_abandon("origin answered " + std::to_string(head.status) + ", not a storable object");
+      }
+    }
     ex.status = head.status;
     ex.up_keep_alive = head.keep_alive;
     bool bodiless = ex.head_only || head.status == 204 || head.status == 304;
@@ -137,6 +160,11 @@ struct Conn::ResponseHandler : http::Handler {
   }
 
   int on_body(const char* data, size_t len) override {
+    if (conn->ex_.redirecting) return 0;  // a redirect's body is of no use
+    if (conn->ex_.tee) {
+      conn->tee_body(data, len);
+      return 0;
+    }
     conn->ex_.resp_bytes += len;
     conn->send_client_body(data, len);
     return 0;
@@ -145,6 +173,19 @@ struct Conn::ResponseHandler : http::Handler {
   int on_message_complete() override {
     if (conn->ex_.informational) {
       conn->ex_.informational = false;
+      return 0;
+    }
+    if (conn->ex_.redirecting) {
+      conn->redirect_pending_ = true;  // acted on once the parser returns
+      return 0;
+    }
+    if (conn->ex_.tee) {
+      conn->ex_.up_done = true;
+      if (conn->up_) conn->up_->busy_exchange = false;
+      if (conn->tee_) {
+        conn->tee_->body_done = true;
+        conn->tee_kick();
+      }
       return 0;
     }
     conn->finish_exchange();
@@ -755,6 +796,11 @@ bool Conn::start_exchange(http::MessageHead& head) {
   if (head.chunked) hs.push_back({"Transfer-Encoding", "chunked"});
   std::string out = http::serialize_request_head(head.method, path, hs);
 
+  ex_.req_headers = hs;
+  if (p2p && !head.chunked && head.content_length <= 0 && start_task(url)) {
+    arm_timer(cfg.idle_timeout_s);
+    return true;  // served from the store, or joined a download in progress
+  }
   Upstream* u = get_upstream(host, port, https);
   if (!u) return false;
   bool idempotent = head.method == "GET" || head.method == "HEAD" || head.method == "OPTIONS";
@@ -908,7 +954,7 @@ void Conn::upstream_failed(Upstream* u, const std::string& why) {
       close_all(true);
       break;
     default:
-      if (ex_.active && !ex_.resp_done) {
+      if (ex_.active && !ex_.resp_done && !ex_.up_done) {
         if (unanswered && retry_exchange(why)) return;
         fail_exchange(502, why);
       }
@@ -957,6 +1003,7 @@ void Conn::upstream_data(Upstream* u, const char* data, size_t n) {
   }
   client_.corked = false;
   if (!closing_) flush(client_);
+  if (redirect_pending_ && !closing_) follow_redirect();
   if (after_exchange_pending_ && !closing_) after_exchange();
   if (!closing_) update_reads();
 }
@@ -987,7 +1034,7 @@ void Conn::upstream_eof(Upstream* u) {
     update_reads();
     return;
   }
-  if (ex_.active && !ex_.resp_done) {
+  if (ex_.active && !ex_.resp_done && !ex_.up_done) {
     bool unanswered = response_not_started(u);
     u->parser->feed_eof();
     if (!ex_.resp_done && !closing_) {
@@ -1175,6 +1222,7 @@ void Conn::write_done(Side* s, int status) {
     }
   }
   update_reads();
+  if (s == &client_ && serve_.active) serve_pump();
 }
 
 void Conn::maybe_shutdown(Side& s) {
@@ -1216,7 +1264,10 @@ void Conn::update_reads() {
     client_.reading = want_client;
   }
   if (up_ && up_->side.inited && (up_->st == Upstream::St::Ready || up_->st == Upstream::St::Handshaking)) {
-    bool want_up = !up_->side.eof && (up_->st == Upstream::St::Handshaking || !client_.busy());
+    // The owner of a task feeds the store, not the client: its pace is the
+    // disk's, whatever the client's.
+    bool sink_busy = tee_ && ex_.tee ? tee_->pending.size() >= (4u << 20) : client_.busy();
+    bool want_up = !up_->side.eof && (up_->st == Upstream::St::Handshaking || !sink_busy);
     up_->set_reading(want_up);
   }
 }
@@ -1324,6 +1375,10 @@ void Conn::close_all(bool reset) {
     log_exchange();
   }
   mode_ = Mode::Closing;
+  serve_stop();
+  // A task this connection was fetching dies with it (a running job finds
+  // closing_ and finishes the cleanup).
+  if (tee_ && !tee_->job) tee_finished();
   if (!mint_key_.empty()) {
     w_.remove_mint_waiter(mint_key_, this);
     mint_key_.clear();

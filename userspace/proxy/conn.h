@@ -100,9 +100,54 @@ class Conn : public http::Handler, public UpstreamOwner {
     // the request (RFC 9110 section 9.2.2).
     std::string retry_head;  // the serialized request head; empty: no retry
     bool retried = false;
+    // Task engine (route p2p GETs).
+    std::vector<http::Header> req_headers;  // as forwarded, for redirects and fallbacks
+    bool tee = false;                       // this connection fetches the task from the origin
+    bool up_done = false;                   // the origin's response has been read in full
+    bool redirecting = false;               // the origin's answer is a redirect Shoal follows
+    std::string location;
+    int redirects = 0;
+    std::string source;  // where the body came from: origin, joined, store
     int status = 0;
     uint64_t resp_bytes = 0;
     uint64_t start_ms = 0;
+  };
+
+  // The owner's side of a task: the origin's body goes into the store.
+  struct Tee {
+    ~Tee();
+    std::shared_ptr<task::ActiveTask> task;
+    std::unique_ptr<task::Writer> writer;
+    std::vector<char> pending;   // body bytes waiting for the next write job
+    std::vector<char> inflight;  // bytes the running job writes
+    bool job = false;            // a write or finalize job is in the thread pool
+    bool body_done = false, finalized = false;
+    uint64_t written = 0, length = 0;
+    uint32_t piece_size = 0;
+    uint64_t piece_fill = 0;
+    void* whole = nullptr;  // EVP_MD_CTX*
+    void* piece = nullptr;  // EVP_MD_CTX*
+    std::vector<task::Sha256> pieces;
+    task::ActiveTask::Headers headers;
+    std::string url;
+    uint64_t start_ms = 0;
+    int error = 0;
+    std::string err;
+    bool mismatch = false;
+    std::string got_digest;
+  };
+  // A client being served from a task's file (the owner's client too).
+  struct Serve {
+    bool active = false;
+    std::shared_ptr<task::ActiveTask> task;  // null for a stored task
+    int fd = -1;                             // a stored task's data; ours to close
+    uint64_t length = 0, offset = 0;
+    bool head_sent = false, reading = false;
+    uint64_t sub = 0;
+    std::vector<char> buf;
+    uv_fs_t req{};
+    task::ActiveTask::Headers headers;
+    std::string id;
   };
 
   static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
@@ -126,6 +171,23 @@ class Conn : public http::Handler, public UpstreamOwner {
   void finish_exchange();
   void after_exchange();
   void graceful_close();
+  // Task engine (conn_task.cpp).
+  bool start_task(const std::string& url);
+  void serve_begin();
+  void serve_pump();
+  void serve_done();
+  void serve_stop();
+  void serve_fallback();
+  void tee_body(const char* data, size_t n);
+  void tee_kick();
+  void tee_streaming(const http::MessageHead& head);
+  void tee_abandon(const std::string& why);
+  void tee_finished();
+  void follow_redirect();
+  bool redirect_pending_ = false;
+  std::unique_ptr<Tee> tee_;
+  Serve serve_;
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // weak_ptrs tell posted callbacks we are gone
   void resp_parse(Upstream* u, const char* data, size_t n);
   void start_tunnel();
   void respond_error(int status, const std::string& msg, const std::vector<http::Header>& extra = {});

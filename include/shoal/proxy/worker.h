@@ -17,6 +17,7 @@
 
 #include "shoal/proxy/runtime.h"
 #include "shoal/rules/rules.h"
+#include "shoal/task/engine.h"
 #include "shoal/tls/session.h"
 
 namespace shoal::proxy {
@@ -113,6 +114,9 @@ class Shared {
   void release();
   int64_t active() const { return active_.load(); }
   std::string peer_id;
+  // The task engine; null when the data directory could not be opened (then
+  // p2p-routed requests are forwarded to the origin and a warning says why).
+  std::unique_ptr<task::Engine> engine;
 
  private:
   std::shared_ptr<const Runtime> rt_;

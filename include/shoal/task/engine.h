@@ -1,0 +1,97 @@
+// The task engine's shared state: the table of tasks being downloaded and
+// the store of complete ones. A task is fetched once per host however many
+// clients ask for it: the first client's connection fetches it from the
+// origin and writes it through the store (the "owner"); every client,
+// the owner's included, is served from the task's file as it grows. The last
+// bytes are held back until the whole object has been verified against its
+// digest, so no client ever sees a complete response that failed.
+//
+// Threads: ActiveTask and Engine are used from every event loop and from the
+// thread pool; every member function is thread-safe. Notifications run the
+// subscribers' callbacks on the calling thread, outside the lock; callers
+// hand them to their own loop (Worker::post).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "shoal/task/store.h"
+
+namespace shoal::task {
+
+// Bytes at the end of an object that readers get only after verification.
+constexpr uint64_t kHoldBack = 64 * 1024;
+
+class ActiveTask {
+ public:
+  enum class Phase { Starting, Streaming, Complete, Failed };
+  using Headers = std::vector<std::pair<std::string, std::string>>;
+  struct View {
+    Phase phase = Phase::Starting;
+    uint64_t length = 0;
+    uint64_t stored = 0;     // contiguous bytes from offset 0 on disk
+    uint64_t readable = 0;   // what a reader may send now (hold-back applied)
+    std::string failure;
+  };
+
+  ActiveTask(std::string id, bool by_digest);
+  ~ActiveTask();
+  ActiveTask(const ActiveTask&) = delete;
+  ActiveTask& operator=(const ActiveTask&) = delete;
+
+  const std::string& id() const { return id_; }
+  bool by_digest() const { return by_digest_; }
+  View view() const;
+  Headers headers() const;
+  // The data file (shared by readers, pread only); -1 before Streaming.
+  int fd() const;
+
+  // Owner side.
+  void set_streaming(uint64_t length, Headers headers, int fd);  // takes fd
+  void add_stored(uint64_t n);
+  void set_complete();
+  void set_failed(const std::string& why);
+
+  // Readers: fn runs on every change (on whichever thread made it).
+  uint64_t subscribe(std::function<void()> fn);
+  void unsubscribe(uint64_t token);
+
+ private:
+  void notify();
+  const std::string id_;
+  const bool by_digest_;
+  mutable std::mutex mu_;
+  Phase phase_ = Phase::Starting;
+  uint64_t length_ = 0, stored_ = 0;
+  Headers headers_;
+  int fd_ = -1;
+  std::string failure_;
+  uint64_t next_token_ = 1;
+  std::map<uint64_t, std::function<void()>> subs_;
+};
+
+class Engine {
+ public:
+  explicit Engine(std::unique_ptr<Store> store) : store_(std::move(store)) {}
+  Store& store() { return *store_; }
+  // The task being downloaded under id; created (Starting) when there is
+  // none, then *created is true and the caller is its owner.
+  std::shared_ptr<ActiveTask> acquire(const std::string& id, bool by_digest, bool* created);
+  // Only the owner calls this, once its task is Complete or Failed, so later
+  // requests go to the store (or start afresh).
+  void retire(const std::shared_ptr<ActiveTask>& t);
+  size_t active() const;
+
+ private:
+  std::unique_ptr<Store> store_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<ActiveTask>> active_;
+};
+
+}  // namespace shoal::task

@@ -1,0 +1,540 @@
+// Conn's side of the task engine: route-p2p GETs are served from a task.
+//
+//   start_task ── stored? ───────────────────────────► serve from the store
+//              ── being downloaded by another conn? ─► join: serve from its file
+//              └─ else: this conn is the task's owner:
+//                   GET to the origin (following redirects itself, at most 10,
+//                   dropping Authorization when the host changes)
+//                   200 + Content-Length, no Content-Encoding ─► tee: body into
+//                       the store (write jobs in the thread pool, SHA-256 of
+//                       the whole and of every piece), client served from
+//                       the file like any joiner, last 64 KiB held back
+//                       until the digest verifies; then commit, "peer task
+//                       done"
+//                   anything else ─► not a task: relayed to the client as is
+//
+// Ownership: Tee and Serve belong to the Conn. A thread-pool job or a file
+// read in flight counts in pending_jobs_, so the Conn outlives it; a job that
+// finishes after the Conn started closing only cleans up.
+#include <openssl/evp.h>
+
+#include <cstring>
+
+#include "conn.h"
+#include "shoal/obs/log.h"
+#include "shoal/obs/metrics.h"
+#include "shoal/task/task_id.h"
+
+namespace shoal::proxy {
+namespace {
+
+struct TaskMetrics {
+  obs::Counter& ok = obs::metrics().counter("shoal_tasks_total", "Tasks by result", "result=\"success\"");
+  obs::Counter& failed = obs::metrics().counter("shoal_tasks_total", "Tasks by result", "result=\"failed\"");
+  obs::Counter& passthrough =
+      obs::metrics().counter("shoal_tasks_total", "Tasks by result", "result=\"passthrough\"");
+  obs::Counter& back_to_source =
+      obs::metrics().counter("shoal_back_to_source_total", "Tasks fetched from the origin");
+  obs::Counter& reuse = obs::metrics().counter("shoal_task_reuse_total", "Requests served from the store");
+  obs::Counter& joined =
+      obs::metrics().counter("shoal_task_joined_total", "Requests that joined a task being downloaded");
+  obs::Counter& bytes_local = obs::metrics().counter(
+      "shoal_bytes_total", "Response body bytes sent to clients, by source", "source=\"local\"");
+  obs::Counter& mismatch =
+      obs::metrics().counter("shoal_digest_mismatch_total", "Objects whose bytes did not match their digest");
+  obs::Histogram& duration = obs::metrics().histogram("shoal_task_duration_seconds",
+                                                      "Time to download and verify a task from the origin");
+};
+
+TaskMetrics& tm() {
+  static TaskMetrics t;
+  return t;
+}
+
+constexpr size_t kTeeMax = 4 << 20;  // body bytes buffered before the origin is paused
+constexpr size_t kServeChunk = 64 * 1024;
+
+std::string hex(const uint8_t* p, size_t n) {
+  static const char* k = "0123456789abcdef";
+  std::string s;
+  for (size_t i = 0; i < n; ++i) {
+    s += k[p[i] >> 4];
+    s += k[p[i] & 15];
+  }
+  return s;
+}
+
+EVP_MD_CTX* md(void* p) { return static_cast<EVP_MD_CTX*>(p); }
+
+// Response headers a task keeps and serves again.
+bool kept_header(const std::string& name) {
+  for (const char* k : {"Content-Type", "Docker-Content-Digest", "ETag", "Last-Modified", "Docker-Distribution-Api-Version"})
+    if (http::iequals(name, k)) return true;
+  return false;
+}
+
+}  // namespace
+
+Conn::Tee::~Tee() {
+  if (whole) EVP_MD_CTX_free(md(whole));
+  if (piece) EVP_MD_CTX_free(md(piece));
+  if (writer) writer->abort();
+}
+
+// Returns true when the request is now the engine's (served or fetched);
+// false to forward it as usual.
+bool Conn::start_task(const std::string& url) {
+  task::Engine* engine = w_.shared().engine.get();
+  if (!engine) return false;
+  bool by_digest = false;
+  std::string id = task::task_id_for(url, rt_->cfg->default_filter, &by_digest);
+  serve_ = Serve{};
+  serve_.id = id;
+  task::TaskMeta meta;
+  if (engine->store().lookup(id, &meta)) {
+    std::string err;
+    int fd = engine->store().open_data(id, &err);
+    if (fd >= 0) {
+      engine->store().touch(id);
+      serve_.fd = fd;
+      serve_.length = meta.length;
+      serve_.headers = meta.headers;
+      ex_.source = "store";
+      tm().reuse.inc();
+      serve_begin();
+      return true;
+    }
+    obs::log_warn("stored task unreadable; fetching again").str("task", id).str("error", err);
+  }
+  bool created = false;
+  auto t = engine->acquire(id, by_digest, &created);
+  serve_.task = t;
+  if (!created) {
+    ex_.source = "joined";
+    tm().joined.inc();
+    serve_begin();
+    return true;
+  }
+  // The owner: fetch from the origin below (start_exchange goes on), and
+  // serve our own client from the file like everyone else.
+  tee_ = std::make_unique<Tee>();
+  tee_->task = t;
+  tee_->url = url;
+  tee_->start_ms = now_ms();
+  ex_.tee = true;
+  ex_.source = "origin";
+  tm().back_to_source.inc();
+  serve_begin();
+  return false;
+}
+
+void Conn::serve_begin() {
+  serve_.active = true;
+  serve_.buf.resize(kServeChunk);
+  if (serve_.task) {
+    std::weak_ptr<int> alive = alive_;
+    Worker* w = &w_;
+    serve_.sub = serve_.task->subscribe([alive, w, this] {
+      w->post([alive, this] {
+        if (alive.lock()) serve_pump();
+      });
+    });
+  }
+  serve_pump();
+}
+
+void Conn::serve_stop() {
+  if (serve_.task && serve_.sub) serve_.task->unsubscribe(serve_.sub);
+  serve_.sub = 0;
+  serve_.active = false;
+  if (serve_.fd >= 0 && !serve_.reading) {
+    close(serve_.fd);
+    serve_.fd = -1;
+  }
+}
+
+void Conn::serve_pump() {
+  if (closing_ || !serve_.active) return;
+  task::ActiveTask::View v;
+  if (serve_.task) {
+    v = serve_.task->view();
+  } else {
+    v.phase = task::ActiveTask::Phase::Complete;
+    v.length = v.stored = v.readable = serve_.length;
+  }
+  if (v.phase == task::ActiveTask::Phase::Starting) return;
+  if (v.phase == task::ActiveTask::Phase::Failed) {
+    if (tee_) return;  // the owner handles its own task's failure
+    if (!serve_.head_sent) {
+      serve_fallback();
+    } else {
+      ex_.status = ex_.status ? ex_.status : 502;
+      obs::log_warn("task failed while serving").str("task", serve_.id).str("error", v.failure);
+      close_all(true);
+    }
+    return;
+  }
+  touch();
+  if (!serve_.head_sent) {
+    if (serve_.task) {
+      serve_.length = v.length;
+      serve_.headers = serve_.task->headers();
+    }
+    std::vector<http::Header> hs;
+    for (auto& h : serve_.headers) hs.push_back({h.first, h.second});
+    hs.push_back({"Content-Length", std::to_string(serve_.length)});
+    if (!ex_.client_keep_alive) hs.push_back({"Connection", "close"});
+    std::string head = http::serialize_response_head(200, "OK", hs);
+    send_client(head.data(), head.size());
+    serve_.head_sent = true;
+    ex_.resp_head_sent = true;
+    ex_.status = 200;
+  }
+  if (serve_.reading || client_.busy() || closing_) return;
+  if (serve_.offset < v.readable) {
+    uint64_t n = v.readable - serve_.offset;
+    if (n > kServeChunk) n = kServeChunk;
+    int fd = serve_.task ? serve_.task->fd() : serve_.fd;
+    uv_buf_t b = uv_buf_init(serve_.buf.data(), static_cast<unsigned>(n));
+    serve_.req.data = this;
+    serve_.reading = true;
+    pending_jobs_++;
+    int r = uv_fs_read(w_.loop(), &serve_.req, fd, &b, 1, static_cast<int64_t>(serve_.offset),
+                       [](uv_fs_t* req) {
+                         auto* c = static_cast<Conn*>(req->data);
+                         ssize_t got = req->result;
+                         uv_fs_req_cleanup(req);
+                         c->pending_jobs_--;
+                         c->serve_.reading = false;
+                         if (c->closing_ || !c->serve_.active) {
+                           if (c->serve_.fd >= 0 && !c->serve_.active) {
+                             close(c->serve_.fd);
+                             c->serve_.fd = -1;
+                           }
+                           c->maybe_free();
+                           return;
+                         }
+                         if (got <= 0) {
+                           obs::log_error("task read failed")
+                               .str("task", c->serve_.id)
+                               .str("error", got < 0 ? uv_strerror(static_cast<int>(got)) : "short file");
+                           c->close_all(true);
+                           return;
+                         }
+                         size_t k = static_cast<size_t>(got);
+                         c->serve_.offset += k;
+                         c->ex_.resp_bytes += k;
+                         if (c->ex_.source != "origin") tm().bytes_local.inc(k);
+                         c->send_client(c->serve_.buf.data(), k);
+                         c->serve_pump();
+                       });
+    if (r != 0) {
+      pending_jobs_--;
+      serve_.reading = false;
+      close_all(true);
+    }
+    return;
+  }
+  if (serve_.offset == serve_.length && v.phase == task::ActiveTask::Phase::Complete) serve_done();
+}
+
+void Conn::serve_done() {
+  std::string id = serve_.id;
+  serve_stop();
+  ex_.resp_done = true;
+  ex_.route = "p2p";
+  if (ex_.source == "store") {
+    obs::log_info("reuse file peer task done, cost: " + std::to_string(now_ms() - ex_.start_ms) + "ms")
+        .str("peer", w_.shared().peer_id)
+        .str("task", id)
+        .num("size", static_cast<int64_t>(serve_.length))
+        .str("component", "PeerTask");
+  }
+  log_exchange();
+  if (up_) up_->busy_exchange = false;
+  after_exchange();
+}
+
+// A task this client joined failed before any byte was sent: fetch it for
+// this client alone, straight from the origin.
+void Conn::serve_fallback() {
+  serve_stop();
+  ex_.source = "";
+  ex_.route = "direct";
+  std::string out = http::serialize_request_head("GET", ex_.path, ex_.req_headers);
+  Upstream* u = get_upstream(ex_.host, ex_.port, ex_.https);
+  if (!u) return;
+  send_upstream(out.data(), out.size());
+  update_reads();
+}
+
+// --- The owner ------------------------------------------------------------------
+
+void Conn::tee_streaming(const http::MessageHead& head) {
+  task::Engine& engine = *w_.shared().engine;
+  std::string err;
+  int r = engine.store().begin(tee_->task->id(), &tee_->writer, &err);
+  int fd = r == 0 ? tee_->writer->open_data(&err) : -1;
+  if (r != 0 || fd < 0) {
+    obs::log_error("cannot store task; passing it through").str("task", tee_->task->id()).str("error", err);
+    tee_abandon("cannot store: " + err);
+    return;
+  }
+  tee_->length = static_cast<uint64_t>(head.content_length);
+  tee_->piece_size = task::piece_size_for(tee_->length);
+  tee_->whole = EVP_MD_CTX_new();
+  tee_->piece = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(md(tee_->whole), EVP_sha256(), nullptr);
+  EVP_DigestInit_ex(md(tee_->piece), EVP_sha256(), nullptr);
+  for (auto& h : head.headers)
+    if (kept_header(h.name)) tee_->headers.emplace_back(h.name, h.value);
+  tee_->task->set_streaming(tee_->length, tee_->headers, fd);
+}
+
+// The origin's answer is not a task (an error, no length, encoded): the
+// owner relays it as it is; clients that joined fetch for themselves.
+void Conn::tee_abandon(const std::string& why) {
+  tm().passthrough.inc();
+  auto t = tee_->task;
+  t->set_failed(why);
+  w_.shared().engine->retire(t);
+  // A running job still uses the Tee: it frees it when it sees it orphaned.
+  if (tee_->job)
+    static_cast<void>(tee_.release());
+  else
+    tee_.reset();
+  serve_stop();
+  serve_.task.reset();
+  ex_.tee = false;
+  ex_.source = "";
+}
+
+void Conn::tee_body(const char* data, size_t n) {
+  if (!tee_ || tee_->error) return;
+  tee_->pending.insert(tee_->pending.end(), data, data + n);
+  tee_kick();
+}
+
+void Conn::tee_kick() {
+  Tee* tee = tee_.get();
+  if (!tee || tee->job || tee->error || tee->finalized) return;
+  if (!tee->pending.empty()) {
+    tee->inflight.swap(tee->pending);
+    tee->pending.clear();
+  } else if (!tee->body_done) {
+    return;
+  }
+  tee->job = true;
+  pending_jobs_++;
+  struct Job {
+    uv_work_t req{};
+    Conn* c;
+    Tee* t;
+    bool finalize;
+    int rc = 0;
+    std::string err;
+  };
+  auto* j = new Job{};
+  j->req.data = j;
+  j->c = this;
+  j->t = tee;
+  j->finalize = tee->inflight.empty();
+  int r = uv_queue_work(
+      w_.loop(), &j->req,
+      [](uv_work_t* req) {
+        // Thread pool: the only code touching the Tee's hashes and writer
+        // while the job runs (job == true keeps the loop out).
+        auto* jj = static_cast<Job*>(req->data);
+        Tee* t = jj->t;
+        if (!jj->finalize) {
+          const char* p = t->inflight.data();
+          size_t n = t->inflight.size();
+          jj->rc = t->writer->write(p, n, t->written, &jj->err);
+          if (jj->rc != 0) return;
+          EVP_DigestUpdate(md(t->whole), p, n);
+          while (n > 0) {
+            uint64_t room = t->piece_size - t->piece_fill;
+            size_t k = n < room ? n : static_cast<size_t>(room);
+            EVP_DigestUpdate(md(t->piece), p, k);
+            t->piece_fill += k;
+            p += k;
+            n -= k;
+            if (t->piece_fill == t->piece_size) {
+              task::Sha256 d{};
+              EVP_DigestFinal_ex(md(t->piece), d.data(), nullptr);
+              t->pieces.push_back(d);
+              EVP_DigestInit_ex(md(t->piece), EVP_sha256(), nullptr);
+              t->piece_fill = 0;
+            }
+          }
+          return;
+        }
+        if (t->piece_fill > 0) {
+          task::Sha256 d{};
+          EVP_DigestFinal_ex(md(t->piece), d.data(), nullptr);
+          t->pieces.push_back(d);
+        }
+        uint8_t whole[32];
+        EVP_DigestFinal_ex(md(t->whole), whole, nullptr);
+        t->got_digest = hex(whole, 32);
+        if (t->task->by_digest() && t->got_digest != t->task->id()) {
+          t->mismatch = true;
+          t->writer->abort();
+          return;
+        }
+        task::TaskMeta meta;
+        meta.id = t->task->id();
+        meta.url = t->url;
+        meta.digest = t->task->by_digest() ? "sha256:" + t->got_digest : "";
+        meta.length = t->length;
+        meta.piece_size = t->piece_size;
+        meta.pieces = t->pieces;
+        meta.headers = t->headers;
+        jj->rc = t->writer->commit(meta, &jj->err);
+      },
+      [](uv_work_t* req, int) {
+        auto* jj = static_cast<Job*>(req->data);
+        Conn* c = jj->c;
+        Tee* t = jj->t;
+        c->pending_jobs_--;
+        t->job = false;
+        bool finalize = jj->finalize;
+        int rc = jj->rc;
+        std::string err = jj->err;
+        delete jj;
+        if (c->tee_.get() != t) {
+          // Abandoned while the job ran: the Tee is ours to drop.
+          delete t;
+          c->maybe_free();
+          return;
+        }
+        if (rc != 0) {
+          t->error = rc;
+          t->err = err;
+        }
+        if (!finalize) {
+          if (rc == 0) {
+            t->written += t->inflight.size();
+            t->task->add_stored(t->inflight.size());
+          }
+          t->inflight.clear();
+        } else {
+          t->finalized = true;
+        }
+        if (c->closing_) {
+          c->tee_finished();
+          c->maybe_free();
+          return;
+        }
+        if (t->error || t->finalized) {
+          c->tee_finished();
+          return;
+        }
+        c->tee_kick();
+        c->update_reads();
+      });
+  if (r != 0) {
+    pending_jobs_--;
+    tee->job = false;
+    delete j;
+    tee->error = r;
+    tee->err = uv_strerror(r);
+    tee_finished();
+  }
+}
+
+// The owner's download ended: verified and committed, or failed.
+void Conn::tee_finished() {
+  std::unique_ptr<Tee> t = std::move(tee_);
+  task::Engine& engine = *w_.shared().engine;
+  uint64_t cost = now_ms() - t->start_ms;
+  if (t->finalized && !t->error && !t->mismatch) {
+    tm().ok.inc();
+    tm().duration.observe(static_cast<double>(cost) / 1000.0);
+    t->writer.reset();  // committed
+    t->task->set_complete();
+    engine.retire(t->task);
+    obs::log_info("peer task done, cost: " + std::to_string(cost) + "ms")
+        .str("peer", w_.shared().peer_id)
+        .str("task", t->task->id())
+        .num("size", static_cast<int64_t>(t->length))
+        .num("bytes_origin", static_cast<int64_t>(t->length))
+        .num("bytes_peer", 0)
+        .str("component", "PeerTask");
+    return;
+  }
+  std::string why;
+  if (t->mismatch) {
+    tm().mismatch.inc();
+    why = "digest mismatch: the origin's bytes hash to sha256:" + t->got_digest;
+  } else if (t->error) {
+    why = "cannot store: " + t->err;
+  } else {
+    why = "download ended early";
+  }
+  tm().failed.inc();
+  obs::log_error("peer task failed")
+      .str("peer", w_.shared().peer_id)
+      .str("task", t->task->id())
+      .str("error", why)
+      .num("cost_ms", static_cast<int64_t>(cost));
+  t->task->set_failed(why);
+  engine.retire(t->task);
+  // Our client may have most of the object: only a reset tells it that it
+  // is incomplete.
+  if (!closing_) {
+    ex_.status = 502;
+    close_all(true);
+  }
+}
+
+void Conn::follow_redirect() {
+  redirect_pending_ = false;
+  ex_.redirecting = false;
+  ex_.redirects++;
+  std::string loc = ex_.location;
+  std::string host = ex_.host;
+  uint16_t port = ex_.port;
+  bool https = ex_.https;
+  std::string path;
+  http::Url u;
+  if (http::parse_absolute_url(loc, &u)) {
+    host = u.host;
+    https = u.scheme == "https";
+    port = u.port ? u.port : (https ? 443 : 80);
+    path = u.path;
+  } else if (!loc.empty() && loc[0] == '/') {
+    path = loc;
+  } else {
+    fail_exchange(502, "origin redirected to an unsupported Location: " + loc);
+    return;
+  }
+  bool same = http::iequals(host, ex_.host) && port == ex_.port && https == ex_.https;
+  std::vector<http::Header> hs;
+  for (auto& h : ex_.req_headers) {
+    // Object stores reject (400) a request that carries the registry's token.
+    if (!same && http::iequals(h.name, "Authorization")) continue;
+    if (http::iequals(h.name, "Host")) {
+      bool def = (https && port == 443) || (!https && port == 80);
+      hs.push_back({h.name, def ? host : host_port(host, port)});
+      continue;
+    }
+    hs.push_back(h);
+  }
+  ex_.req_headers = hs;
+  ex_.host = host;
+  ex_.port = port;
+  ex_.https = https;
+  ex_.path = path;
+  if (!ex_.up_keep_alive && up_) {
+    up_->release();
+    up_ = nullptr;
+  }
+  std::string out = http::serialize_request_head("GET", path, hs);
+  Upstream* up = get_upstream(host, port, https);
+  if (!up) return;
+  send_upstream(out.data(), out.size());
+  update_reads();
+}
+
+}  // namespace shoal::proxy

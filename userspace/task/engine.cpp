@@ -1,0 +1,122 @@
+#include "shoal/task/engine.h"
+
+#include <unistd.h>
+
+namespace shoal::task {
+
+ActiveTask::ActiveTask(std::string id, bool by_digest) : id_(std::move(id)), by_digest_(by_digest) {}
+
+ActiveTask::~ActiveTask() {
+  if (fd_ >= 0) close(fd_);
+}
+
+ActiveTask::View ActiveTask::view() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  View v;
+  v.phase = phase_;
+  v.length = length_;
+  v.stored = stored_;
+  v.failure = failure_;
+  if (phase_ == Phase::Complete) {
+    v.readable = length_;
+  } else if (phase_ == Phase::Streaming) {
+    uint64_t cap = length_ > kHoldBack ? length_ - kHoldBack : 0;
+    v.readable = stored_ < cap ? stored_ : cap;
+  }
+  return v;
+}
+
+ActiveTask::Headers ActiveTask::headers() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return headers_;
+}
+
+int ActiveTask::fd() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return fd_;
+}
+
+void ActiveTask::set_streaming(uint64_t length, Headers headers, int fd) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    length_ = length;
+    headers_ = std::move(headers);
+    if (fd_ >= 0) close(fd_);
+    fd_ = fd;
+    phase_ = Phase::Streaming;
+  }
+  notify();
+}
+
+void ActiveTask::add_stored(uint64_t n) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stored_ += n;
+  }
+  notify();
+}
+
+void ActiveTask::set_complete() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    phase_ = Phase::Complete;
+  }
+  notify();
+}
+
+void ActiveTask::set_failed(const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (phase_ == Phase::Complete || phase_ == Phase::Failed) return;
+    phase_ = Phase::Failed;
+    failure_ = why;
+  }
+  notify();
+}
+
+uint64_t ActiveTask::subscribe(std::function<void()> fn) {
+  std::lock_guard<std::mutex> lk(mu_);
+  uint64_t t = next_token_++;
+  subs_.emplace(t, std::move(fn));
+  return t;
+}
+
+void ActiveTask::unsubscribe(uint64_t token) {
+  std::lock_guard<std::mutex> lk(mu_);
+  subs_.erase(token);
+}
+
+void ActiveTask::notify() {
+  std::vector<std::function<void()>> fns;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto& kv : subs_) fns.push_back(kv.second);
+  }
+  for (auto& fn : fns) fn();
+}
+
+std::shared_ptr<ActiveTask> Engine::acquire(const std::string& id, bool by_digest, bool* created) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = active_.find(id);
+  if (it != active_.end()) {
+    *created = false;
+    return it->second;
+  }
+  auto t = std::make_shared<ActiveTask>(id, by_digest);
+  active_.emplace(id, t);
+  *created = true;
+  return t;
+}
+
+void Engine::retire(const std::shared_ptr<ActiveTask>& t) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = active_.find(t->id());
+  if (it != active_.end() && it->second == t) active_.erase(it);
+}
+
+size_t Engine::active() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return active_.size();
+}
+
+}  // namespace shoal::task
