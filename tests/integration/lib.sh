@@ -370,3 +370,30 @@ wait_exit() {
   done
   wait "$pid" 2>/dev/null || WAIT_RC=$?
 }
+
+# --- task engine helpers (t_task_*.sh) ---------------------------------------------
+
+# metric SERIES: prints the value of one /metrics series of the running
+# shoald, e.g. metric 'shoal_tasks_total{result="success"}'; 0 when absent.
+metric() {
+  local out
+  out=$(curl -sS --max-time 5 "http://127.0.0.1:${SHOALD_METRICS_PORT:?start_shoald first}/metrics") ||
+    fail "GET /metrics failed"
+  awk -v s="$1" '$1 == s { v = $2 } END { print (v == "" ? 0 : v) }' <<<"$out"
+}
+
+# origin_count PATTERN [NAME]: prints how many requests fault origin NAME
+# (default ORIGIN, started with start_fault_origin) logged whose target
+# contains PATTERN.
+origin_count() {
+  local f=$TEST_TMP/${2:-ORIGIN}.requests
+  [ -f "$f" ] || { echo 0; return 0; }
+  jq -r --arg p "$1" 'select(.target | contains($p)) | .target' "$f" | wc -l
+}
+
+# task_files DATA_DIR: prints the files under DATA_DIR/tmp and the complete
+# task directories (tasks/*/*) of a shoald data dir, one per line.
+task_files() {
+  find "$1/tmp" -mindepth 1 2>/dev/null
+  find "$1/tasks" -mindepth 2 -maxdepth 2 2>/dev/null
+}

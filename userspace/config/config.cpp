@@ -11,6 +11,8 @@
 //
 // Dragonfly keys Shoal implements:
 //   dataDir, logDir                      task store and log directory
+//   storage.taskExpireTime               tasks unused this long are removed (6h)
+//   storage.diskGCThreshold              store quota ("50Gi"); oldest go first
 //   metrics: "host:port"                 same as Shoal's metrics.listen below
 //   proxy.tcpListen.listen               IP literal; default 127.0.0.1
 //   proxy.tcpListen.port                 65001, or a range {start: N, end: M}
@@ -48,6 +50,9 @@
 //   proxy:
 //     connectPorts: [443]       # ports CONNECT may reach; default 443 plus the
 //                               # registryMirror URL's port when that is not 443
+//     authCheck: true           # before serving stored or shared bytes, ask the
+//                               # origin (HEAD with the client's own headers)
+//                               # whether this client may have them
 //
 // Durations are written 500ms, 30s, 2m, 1h, 1m30s (Go's syntax) or as a plain
 // number of seconds. Relative paths (dataDir, logDir, admin.socket,
@@ -618,8 +623,8 @@ constexpr Key kObjectStorageKeys[] = {
     {"unixListen", K::kMap, I, &kUnixListen},
 };
 constexpr Schema kObjectStorage{kObjectStorageKeys};
-constexpr Key kStorageKeys[] = {{"dataPath", K::kStr, I},        {"taskExpireTime", K::kDur, I},
-                                {"diskGCThreshold", K::kStr, I}, {"diskGCThresholdPercent", K::kNum, I},
+constexpr Key kStorageKeys[] = {{"dataPath", K::kStr, I},        {"taskExpireTime", K::kDur, D},
+                                {"diskGCThreshold", K::kStr, D}, {"diskGCThresholdPercent", K::kNum, I},
                                 {"multiplex", K::kBool, I},      {"strategy", K::kStr, I},
                                 {"writeBufferSize", K::kStr, I}};
 constexpr Schema kStorage{kStorageKeys};
@@ -687,6 +692,7 @@ constexpr Key kProxyKeys[] = {
     {"hijackHTTPS", K::kMap, D, &kHijack},
     {"dumpHTTPContent", K::kBool, I},
     {"connectPorts", K::kPortList, S},
+    {"authCheck", K::kBool, S},
 };
 constexpr Schema kProxy{kProxyKeys};
 
@@ -735,7 +741,7 @@ constexpr Key kTopKeys[] = {
     {"proxy", K::kMap, D, &kProxy},
     {"upload", K::kMap, I, &kUpload},
     {"objectStorage", K::kMap, I, &kObjectStorage},
-    {"storage", K::kMap, I, &kStorage},
+    {"storage", K::kMap, D, &kStorage},
     {"health", K::kMap, I, &kHealth},
     {"reload", K::kMap, I, &kReload},
     {"network", K::kMap, I, &kNetwork},
@@ -1104,6 +1110,7 @@ class Validator {
         c->max_concurrency = *v;
     }
     if (auto v = str_of(find(pm, "defaultFilter"))) c->default_filter = *v;
+    if (auto v = bool_of(find(pm, "authCheck"))) c->auth_check = *v;
     extract_rules(pm, c);
 
     std::string mpath, hpath;
@@ -1411,6 +1418,49 @@ class Validator {
     set_duration(find(t, "header"), "timeouts.header", false, &c->header_timeout_s);
     set_duration(find(t, "idle"), "timeouts.idle", false, &c->idle_timeout_s);
     set_duration(find(t, "connect"), "timeouts.connect", false, &c->connect_timeout_s);
+
+    const Node* st = map_of(find(top, "storage"));
+    set_duration(find(st, "taskExpireTime"), "storage.taskExpireTime", false, &c->task_expire_s);
+    if (const Found f = find(st, "diskGCThreshold"); auto v = str_of(f)) {
+      uint64_t bytes = 0;
+      if (!v->empty() && !parse_size(*v, &bytes))
+        error(*f.value, "storage.diskGCThreshold", "expected a size such as 50Gi, 512Mi or 100GB");
+      else
+        c->disk_quota_bytes = bytes;
+    }
+  }
+
+  // Kubernetes-style quantities, as Dragonfly writes them: 50Gi, 100G,
+  // 512Mi, 1.5Ti, plain bytes; also KB/MB/GB/TB.
+  static bool parse_size(const std::string& s, uint64_t* out) {
+    size_t i = 0;
+    while (i < s.size() && (isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
+    if (i == 0) return false;
+    double n = std::strtod(s.substr(0, i).c_str(), nullptr);
+    std::string unit = s.substr(i);
+    double mult = 1;
+    if (unit.empty() || unit == "B")
+      mult = 1;
+    else if (unit == "Ki" || unit == "KiB")
+      mult = 1024.0;
+    else if (unit == "Mi" || unit == "MiB")
+      mult = 1024.0 * 1024;
+    else if (unit == "Gi" || unit == "GiB")
+      mult = 1024.0 * 1024 * 1024;
+    else if (unit == "Ti" || unit == "TiB")
+      mult = 1024.0 * 1024 * 1024 * 1024;
+    else if (unit == "K" || unit == "KB")
+      mult = 1e3;
+    else if (unit == "M" || unit == "MB")
+      mult = 1e6;
+    else if (unit == "G" || unit == "GB")
+      mult = 1e9;
+    else if (unit == "T" || unit == "TB")
+      mult = 1e12;
+    else
+      return false;
+    *out = static_cast<uint64_t>(n * mult);
+    return true;
   }
 
   static bool overlaps(const Endpoint& a, const Endpoint& b) {

@@ -115,6 +115,11 @@ struct Conn::ResponseHandler : http::Handler {
       return 0;
     }
     ex.informational = false;
+    if (ex.auth_check) {
+      ex.auth_status = head.status;
+      ex.up_keep_alive = head.keep_alive;
+      return 0;
+    }
     if (ex.tee) {
       const std::string* loc = head.find("Location");
       bool redirect = head.status == 301 || head.status == 302 || head.status == 303 || head.status == 307 ||
@@ -177,6 +182,10 @@ struct Conn::ResponseHandler : http::Handler {
     }
     if (conn->ex_.redirecting) {
       conn->redirect_pending_ = true;  // acted on once the parser returns
+      return 0;
+    }
+    if (conn->ex_.auth_check) {
+      conn->auth_pending_ = true;  // likewise
       return 0;
     }
     if (conn->ex_.tee) {
@@ -1004,6 +1013,7 @@ void Conn::upstream_data(Upstream* u, const char* data, size_t n) {
   client_.corked = false;
   if (!closing_) flush(client_);
   if (redirect_pending_ && !closing_) follow_redirect();
+  if (auth_pending_ && !closing_) auth_checked(false);
   if (after_exchange_pending_ && !closing_) after_exchange();
   if (!closing_) update_reads();
 }
@@ -1309,7 +1319,9 @@ void Conn::on_timer(uv_timer_t* t) {
   switch (c->mode_) {
     case Mode::Http:
     case Mode::HttpTls:
-      if (c->ex_.active) {
+      if (c->ex_.active && c->ex_.auth_check) {
+        c->auth_checked(true);
+      } else if (c->ex_.active) {
         bool connecting = !c->up_ || c->up_->st != Upstream::St::Ready;
         c->fail_exchange(504,
                          connecting ? "timed out connecting to the origin" : "origin stalled (idle timeout)");

@@ -107,7 +107,10 @@ class Conn : public http::Handler, public UpstreamOwner {
     bool redirecting = false;               // the origin's answer is a redirect Shoal follows
     std::string location;
     int redirects = 0;
-    std::string source;  // where the body came from: origin, joined, store
+    std::string source;       // where the body came from: origin, joined, store
+    bool auth_check = false;  // a HEAD with the client's credentials is out
+    int auth_status = 0;
+    std::string auth_key;
     int status = 0;
     uint64_t resp_bytes = 0;
     uint64_t start_ms = 0;
@@ -184,7 +187,10 @@ class Conn : public http::Handler, public UpstreamOwner {
   void tee_abandon(const std::string& why);
   void tee_finished();
   void follow_redirect();
+  void auth_check_begin();
+  void auth_checked(bool timed_out);
   bool redirect_pending_ = false;
+  bool auth_pending_ = false;
   std::unique_ptr<Tee> tee_;
   Serve serve_;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // weak_ptrs tell posted callbacks we are gone

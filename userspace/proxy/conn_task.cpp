@@ -68,7 +68,8 @@ EVP_MD_CTX* md(void* p) { return static_cast<EVP_MD_CTX*>(p); }
 
 // Response headers a task keeps and serves again.
 bool kept_header(const std::string& name) {
-  for (const char* k : {"Content-Type", "Docker-Content-Digest", "ETag", "Last-Modified", "Docker-Distribution-Api-Version"})
+  for (const char* k :
+       {"Content-Type", "Docker-Content-Digest", "ETag", "Last-Modified", "Docker-Distribution-Api-Version"})
     if (http::iequals(name, k)) return true;
   return false;
 }
@@ -101,7 +102,7 @@ bool Conn::start_task(const std::string& url) {
       serve_.headers = meta.headers;
       ex_.source = "store";
       tm().reuse.inc();
-      serve_begin();
+      auth_check_begin();
       return true;
     }
     obs::log_warn("stored task unreadable; fetching again").str("task", id).str("error", err);
@@ -112,7 +113,7 @@ bool Conn::start_task(const std::string& url) {
   if (!created) {
     ex_.source = "joined";
     tm().joined.inc();
-    serve_begin();
+    auth_check_begin();
     return true;
   }
   // The owner: fetch from the origin below (start_exchange goes on), and
@@ -126,6 +127,80 @@ bool Conn::start_task(const std::string& url) {
   tm().back_to_source.inc();
   serve_begin();
   return false;
+}
+
+// Bytes this client did not fetch itself (stored, or being fetched for
+// another client) are served only once the origin has said that this
+// client's own credentials may read them: a HEAD of the same URL with the
+// request's headers. 200 or 307 allows (the answer is cached per origin,
+// repository and credential for 60 s); any other answer, or none within
+// timeouts.connect, sends the request to the origin as is, so the client
+// gets exactly what the origin tells it. proxy.authCheck: false skips this.
+void Conn::auth_check_begin() {
+  if (!rt_->cfg->auth_check) {
+    serve_begin();
+    return;
+  }
+  std::string cred;
+  for (auto& h : ex_.req_headers)
+    if (http::iequals(h.name, "Authorization")) cred = h.value;
+  ex_.auth_key =
+      host_port(ex_.host, ex_.port) + " " + task::repo_in_path(ex_.path) + " " + task::sha256_hex(cred);
+  if (w_.shared().auth_cached(ex_.auth_key, now_ms())) {
+    serve_begin();
+    return;
+  }
+  ex_.auth_check = true;
+  std::string out = http::serialize_request_head("HEAD", ex_.path, ex_.req_headers);
+  Upstream* u = get_upstream(ex_.host, ex_.port, ex_.https);
+  if (!u) return;  // upstream_failed answered already
+  u->parser->expect_no_body();
+  send_upstream(out.data(), out.size());
+  arm_timer(rt_->cfg->connect_timeout_s);
+  update_reads();
+}
+
+void Conn::auth_checked(bool timed_out) {
+  auth_pending_ = false;
+  ex_.auth_check = false;
+  int st = ex_.auth_status;
+  if (!timed_out && (st == 200 || st == 307)) {
+    w_.shared().auth_remember(ex_.auth_key, now_ms() + 60 * 1000);
+    if (up_ && !ex_.up_keep_alive) {
+      up_->release();
+      up_ = nullptr;
+    }
+    if (up_) up_->busy_exchange = false;
+    arm_timer(rt_->cfg->idle_timeout_s);
+    serve_begin();
+    return;
+  }
+  obs::log_info("credential check did not allow shared bytes; forwarding")
+      .str("host", ex_.host)
+      .str("path", ex_.path)
+      .num("status", timed_out ? 0 : st)
+      .boolean("timed_out", timed_out);
+  if (timed_out && up_) {
+    up_->release();
+    up_ = nullptr;
+  }
+  if (up_ && !ex_.up_keep_alive) {
+    up_->release();
+    up_ = nullptr;
+  }
+  if (serve_.fd >= 0) {
+    close(serve_.fd);
+    serve_.fd = -1;
+  }
+  serve_.task.reset();
+  ex_.source = "";
+  ex_.route = "direct";
+  std::string out = http::serialize_request_head("GET", ex_.path, ex_.req_headers);
+  Upstream* u = get_upstream(ex_.host, ex_.port, ex_.https);
+  if (!u) return;
+  send_upstream(out.data(), out.size());
+  arm_timer(rt_->cfg->idle_timeout_s);
+  update_reads();
 }
 
 void Conn::serve_begin() {
@@ -199,35 +274,35 @@ void Conn::serve_pump() {
     serve_.req.data = this;
     serve_.reading = true;
     pending_jobs_++;
-    int r = uv_fs_read(w_.loop(), &serve_.req, fd, &b, 1, static_cast<int64_t>(serve_.offset),
-                       [](uv_fs_t* req) {
-                         auto* c = static_cast<Conn*>(req->data);
-                         ssize_t got = req->result;
-                         uv_fs_req_cleanup(req);
-                         c->pending_jobs_--;
-                         c->serve_.reading = false;
-                         if (c->closing_ || !c->serve_.active) {
-                           if (c->serve_.fd >= 0 && !c->serve_.active) {
-                             close(c->serve_.fd);
-                             c->serve_.fd = -1;
-                           }
-                           c->maybe_free();
-                           return;
-                         }
-                         if (got <= 0) {
-                           obs::log_error("task read failed")
-                               .str("task", c->serve_.id)
-                               .str("error", got < 0 ? uv_strerror(static_cast<int>(got)) : "short file");
-                           c->close_all(true);
-                           return;
-                         }
-                         size_t k = static_cast<size_t>(got);
-                         c->serve_.offset += k;
-                         c->ex_.resp_bytes += k;
-                         if (c->ex_.source != "origin") tm().bytes_local.inc(k);
-                         c->send_client(c->serve_.buf.data(), k);
-                         c->serve_pump();
-                       });
+    int r =
+        uv_fs_read(w_.loop(), &serve_.req, fd, &b, 1, static_cast<int64_t>(serve_.offset), [](uv_fs_t* req) {
+          auto* c = static_cast<Conn*>(req->data);
+          ssize_t got = req->result;
+          uv_fs_req_cleanup(req);
+          c->pending_jobs_--;
+          c->serve_.reading = false;
+          if (c->closing_ || !c->serve_.active) {
+            if (c->serve_.fd >= 0 && !c->serve_.active) {
+              close(c->serve_.fd);
+              c->serve_.fd = -1;
+            }
+            c->maybe_free();
+            return;
+          }
+          if (got <= 0) {
+            obs::log_error("task read failed")
+                .str("task", c->serve_.id)
+                .str("error", got < 0 ? uv_strerror(static_cast<int>(got)) : "short file");
+            c->close_all(true);
+            return;
+          }
+          size_t k = static_cast<size_t>(got);
+          c->serve_.offset += k;
+          c->ex_.resp_bytes += k;
+          if (c->ex_.source != "origin") tm().bytes_local.inc(k);
+          c->send_client(c->serve_.buf.data(), k);
+          c->serve_pump();
+        });
     if (r != 0) {
       pending_jobs_--;
       serve_.reading = false;

@@ -24,6 +24,22 @@ bool Shared::admit(int64_t limit) {
 
 void Shared::release() { active_.fetch_sub(1); }
 
+bool Shared::auth_cached(const std::string& key, uint64_t now_ms) {
+  std::lock_guard<std::mutex> lk(auth_mu_);
+  auto it = auth_ok_.find(key);
+  if (it == auth_ok_.end()) return false;
+  if (it->second > now_ms) return true;
+  auth_ok_.erase(it);
+  return false;
+}
+
+void Shared::auth_remember(const std::string& key, uint64_t until_ms) {
+  std::lock_guard<std::mutex> lk(auth_mu_);
+  // Bounded: a flood of distinct credentials must not grow it forever.
+  if (auth_ok_.size() > 100000) auth_ok_.clear();
+  auth_ok_[key] = until_ms;
+}
+
 Worker::Worker(Shared& shared, int index)
     : shared_(shared),
       index_(index),

@@ -112,6 +112,11 @@ struct Config {
   double header_timeout_s = 30.0;
   double idle_timeout_s = 300.0;
   double connect_timeout_s = 10.0;
+
+  // Task engine.
+  bool auth_check = true;           // proxy.authCheck
+  double task_expire_s = 6 * 3600;  // storage.taskExpireTime (Dragonfly's default)
+  uint64_t disk_quota_bytes = 0;    // storage.diskGCThreshold; 0 = no quota
 };
 
 struct LoadResult {

@@ -117,7 +117,16 @@ class Shared {
   // The task engine; null when the data directory could not be opened (then
   // p2p-routed requests are forwarded to the origin and a warning says why).
   std::unique_ptr<task::Engine> engine;
+  // proxy.authCheck answers: key (origin, repository, credential hash) ->
+  // when the "allowed" answer expires (uv time, ms). Allowed answers only.
+  bool auth_cached(const std::string& key, uint64_t now_ms);
+  void auth_remember(const std::string& key, uint64_t until_ms);
 
+ private:
+  std::mutex auth_mu_;
+  std::map<std::string, uint64_t> auth_ok_;
+
+ public:
  private:
   std::shared_ptr<const Runtime> rt_;
   std::atomic<int64_t> active_{0};

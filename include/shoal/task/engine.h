@@ -35,8 +35,8 @@ class ActiveTask {
   struct View {
     Phase phase = Phase::Starting;
     uint64_t length = 0;
-    uint64_t stored = 0;     // contiguous bytes from offset 0 on disk
-    uint64_t readable = 0;   // what a reader may send now (hold-back applied)
+    uint64_t stored = 0;    // contiguous bytes from offset 0 on disk
+    uint64_t readable = 0;  // what a reader may send now (hold-back applied)
     std::string failure;
   };
 

@@ -236,8 +236,13 @@ void test_full_dfget_yaml(void**) {
   expect_diag(r, "proxy.hijackHTTPS.sni", 198, 5, "accepted, ignored", true);
   assert_null(find(r, "download.transportOption"));
   assert_null(find(r, "scheduler.manager.seedPeer"));
-  // 29 ignored top-level keys, 7 ignored proxy keys, tcpListen.namespace, sni.
-  assert_int_equal(count(r, true), 38);
+  // 28 ignored top-level keys, 4 ignored storage keys (taskExpireTime and
+  // diskGCThreshold are implemented), 7 ignored proxy keys,
+  // tcpListen.namespace, sni.
+  assert_int_equal(count(r, true), 41);
+  expect_diag(r, "storage.strategy", 121, 3, "accepted, ignored", true);
+  assert_null(find(r, "storage.taskExpireTime"));
+  assert_null(find(r, "storage.diskGCThreshold"));
   assert_string_equal(find(r, "verbose")->str().c_str(),
                       "dfget.yaml:4:1: warning: verbose: accepted, ignored");
   // Warnings come in file order.
@@ -250,6 +255,9 @@ void test_full_dfget_yaml(void**) {
   assert_string_equal(c.basic_auth_user.c_str(), "dragonfly");
   assert_string_equal(c.basic_auth_password.c_str(), "s3cret");
   assert_int_equal(c.max_concurrency, 64);
+  assert_true(c.task_expire_s == 6 * 3600.0);
+  assert_int_equal(c.disk_quota_bytes, 50ull << 30);
+  assert_true(c.auth_check);
   assert_string_equal(c.log_dir.c_str(), "/var/log/dragonfly");
   assert_string_equal(c.data_dir.c_str(), "/var/lib/dragonfly");
   assert_string_equal(c.metrics_listen.addr.c_str(), "127.0.0.1");
