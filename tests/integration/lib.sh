@@ -382,13 +382,13 @@ metric() {
   awk -v s="$1" '$1 == s { v = $2 } END { print (v == "" ? 0 : v) }' <<<"$out"
 }
 
-# origin_count PATTERN [NAME]: prints how many requests fault origin NAME
-# (default ORIGIN, started with start_fault_origin) logged whose target
-# contains PATTERN.
+# origin_count PATTERN [NAME [METHOD]]: prints how many METHOD (default GET)
+# requests fault origin NAME (default ORIGIN, started with
+# start_fault_origin) logged whose target contains PATTERN.
 origin_count() {
   local f=$TEST_TMP/${2:-ORIGIN}.requests
   [ -f "$f" ] || { echo 0; return 0; }
-  jq -r --arg p "$1" 'select(.target | contains($p)) | .target' "$f" | wc -l
+  jq -r --arg p "$1" --arg m "${3:-GET}" 'select(.method == $m and (.target | contains($p))) | .target' "$f" | wc -l
 }
 
 # task_files DATA_DIR: prints the files under DATA_DIR/tmp and the complete

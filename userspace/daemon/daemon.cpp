@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <memory>
 #include <random>
 #include <vector>
@@ -174,6 +175,9 @@ class Daemon {
   uv_pipe_t admin_{};
   uv_tcp_t metrics_{};
   uv_timer_t stop_timer_{};
+  uv_timer_t gc_timer_{};
+  bool gc_running_ = false;
+  void start_gc();
   bool admin_open_ = false, metrics_open_ = false, stopping_ = false, aborted_ = false, finished_ = false;
   uint64_t start_ms_ = 0, stop_began_ms_ = 0;
   uint64_t generation_ = 1;
@@ -294,6 +298,13 @@ int Daemon::setup(std::string* err) {
   signal(SIGPIPE, SIG_IGN);
   uv_timer_init(&loop_, &stop_timer_);
   stop_timer_.data = this;
+  uv_timer_init(&loop_, &gc_timer_);
+  gc_timer_.data = this;
+  if (shared_.engine) {
+    // Expiry and quota every minute, first right away.
+    uv_timer_start(
+        &gc_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->start_gc(); }, 0, 60 * 1000);
+  }
 
   for (auto& w : workers_) w->start();
   log_info("shoald started")
@@ -658,6 +669,58 @@ void Daemon::begin_stop(const char* why) {
       &stop_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->check_stop(); }, 50, 50);
 }
 
+// Store GC runs in the thread pool (it deletes files); one at a time.
+void Daemon::start_gc() {
+  if (gc_running_ || stopping_ || !shared_.engine) return;
+  struct Job {
+    uv_work_t req{};
+    Daemon* d;
+    uint64_t quota;
+    int64_t expire;
+    task::GcResult result;
+    uint64_t bytes = 0, tasks = 0;
+  };
+  auto rt = shared_.runtime();
+  auto* j = new Job{};
+  j->req.data = j;
+  j->d = this;
+  j->quota = rt->cfg->disk_quota_bytes;
+  j->expire = static_cast<int64_t>(rt->cfg->task_expire_s);
+  gc_running_ = true;
+  int r = uv_queue_work(
+      &loop_, &j->req,
+      [](uv_work_t* req) {
+        auto* jj = static_cast<Job*>(req->data);
+        task::Store& st = jj->d->shared_.engine->store();
+        jj->result = st.gc(jj->quota, jj->expire, static_cast<int64_t>(time(nullptr)));
+        jj->bytes = st.total_bytes();
+        jj->tasks = st.task_count();
+      },
+      [](uv_work_t* req, int) {
+        auto* jj = static_cast<Job*>(req->data);
+        jj->d->gc_running_ = false;
+        static obs::Gauge& bytes =
+            obs::metrics().gauge("shoal_store_bytes", "Bytes of complete tasks in the store");
+        static obs::Gauge& tasks = obs::metrics().gauge("shoal_store_tasks", "Complete tasks in the store");
+        static obs::Counter& removed =
+            obs::metrics().counter("shoal_store_gc_removed_total", "Tasks removed by expiry or quota");
+        bytes.set(static_cast<int64_t>(jj->bytes));
+        tasks.set(static_cast<int64_t>(jj->tasks));
+        if (!jj->result.ids.empty()) {
+          removed.inc(jj->result.ids.size());
+          log_info("store gc")
+              .num("removed", static_cast<int64_t>(jj->result.ids.size()))
+              .num("freed_bytes", static_cast<int64_t>(jj->result.bytes))
+              .num("store_bytes", static_cast<int64_t>(jj->bytes));
+        }
+        delete jj;
+      });
+  if (r != 0) {
+    gc_running_ = false;
+    delete j;
+  }
+}
+
 void Daemon::check_stop() {
   size_t active = 0;
   for (auto& w : workers_) active += w->conn_count();
@@ -679,6 +742,7 @@ void Daemon::finish() {
   finished_ = true;
   uv_timer_stop(&stop_timer_);
   uv_close(reinterpret_cast<uv_handle_t*>(&stop_timer_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&gc_timer_), nullptr);
   for (uv_signal_t* s : {&sig_hup_, &sig_usr1_, &sig_term_, &sig_int_})
     uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
   if (admin_open_) {

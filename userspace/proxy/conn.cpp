@@ -806,9 +806,23 @@ bool Conn::start_exchange(http::MessageHead& head) {
   std::string out = http::serialize_request_head(head.method, path, hs);
 
   ex_.req_headers = hs;
-  if (p2p && !head.chunked && head.content_length <= 0 && start_task(url)) {
+  bool task_ok = p2p && !head.chunked && head.content_length <= 0;
+  if (task_ok) {
+    if (const std::string* r = head.find("Range")) task_ok = parse_range(*r);
+  }
+  if (task_ok && start_task(url)) {
     arm_timer(cfg.idle_timeout_s);
     return true;  // served from the store, or joined a download in progress
+  }
+  // Not a task after all (a multi-range request, or no store): forwarded.
+  if (!ex_.tee) ex_.route = "direct";
+  if (ex_.tee && ex_.range) {
+    // The owner fetches the whole object; the range is cut from the file.
+    std::vector<http::Header> whole;
+    for (auto& h : hs)
+      if (!http::iequals(h.name, "Range") && !http::iequals(h.name, "If-Range")) whole.push_back(h);
+    ex_.req_headers = whole;
+    out = http::serialize_request_head(head.method, path, whole);
   }
   Upstream* u = get_upstream(host, port, https);
   if (!u) return false;

@@ -107,7 +107,10 @@ class Conn : public http::Handler, public UpstreamOwner {
     bool redirecting = false;               // the origin's answer is a redirect Shoal follows
     std::string location;
     int redirects = 0;
-    std::string source;       // where the body came from: origin, joined, store
+    std::string source;  // where the body came from: origin, joined, store
+    // A single Range: bytes=first-last, first- (last = -1) or -suffix.
+    bool range = false;
+    int64_t range_first = -1, range_last = -1, range_suffix = -1;
     bool auth_check = false;  // a HEAD with the client's credentials is out
     int auth_status = 0;
     std::string auth_key;
@@ -144,7 +147,9 @@ class Conn : public http::Handler, public UpstreamOwner {
     bool active = false;
     std::shared_ptr<task::ActiveTask> task;  // null for a stored task
     int fd = -1;                             // a stored task's data; ours to close
+    bool pinned = false;                     // the stored task is pinned against GC
     uint64_t length = 0, offset = 0;
+    uint64_t end = 0;  // one past the last byte to send (the range's end)
     bool head_sent = false, reading = false;
     uint64_t sub = 0;
     std::vector<char> buf;
@@ -176,6 +181,9 @@ class Conn : public http::Handler, public UpstreamOwner {
   void graceful_close();
   // Task engine (conn_task.cpp).
   bool start_task(const std::string& url);
+  // Reads a Range header into ex_; false when it is not one range of bytes
+  // (multi-range and other units are forwarded to the origin instead).
+  bool parse_range(const std::string& value);
   void serve_begin();
   void serve_pump();
   void serve_done();

@@ -96,6 +96,9 @@ bool Conn::start_task(const std::string& url) {
     std::string err;
     int fd = engine->store().open_data(id, &err);
     if (fd >= 0) {
+      // Pinned while served, so GC leaves it on disk.
+      engine->store().pin(id);
+      serve_.pinned = true;
       engine->store().touch(id);
       serve_.fd = fd;
       serve_.length = meta.length;
@@ -188,6 +191,7 @@ void Conn::auth_checked(bool timed_out) {
     up_->release();
     up_ = nullptr;
   }
+  serve_stop();
   if (serve_.fd >= 0) {
     close(serve_.fd);
     serve_.fd = -1;
@@ -203,6 +207,30 @@ void Conn::auth_checked(bool timed_out) {
   update_reads();
 }
 
+bool Conn::parse_range(const std::string& value) {
+  std::string v = value;
+  while (!v.empty() && v.back() == ' ') v.pop_back();
+  if (v.compare(0, 6, "bytes=") != 0) return false;
+  std::string spec = v.substr(6);
+  if (spec.find(',') != std::string::npos) return false;
+  auto dash = spec.find('-');
+  if (dash == std::string::npos) return false;
+  std::string a = spec.substr(0, dash), b = spec.substr(dash + 1);
+  auto digits = [](const std::string& x) {
+    return !x.empty() && x.size() <= 18 && x.find_first_not_of("0123456789") == std::string::npos;
+  };
+  ex_.range = true;
+  if (a.empty()) {
+    if (!digits(b)) return false;
+    ex_.range_suffix = std::stoll(b);
+    return true;
+  }
+  if (!digits(a) || (!b.empty() && !digits(b))) return false;
+  ex_.range_first = std::stoll(a);
+  ex_.range_last = b.empty() ? -1 : std::stoll(b);
+  return ex_.range_last < 0 || ex_.range_last >= ex_.range_first;
+}
+
 void Conn::serve_begin() {
   serve_.active = true;
   serve_.buf.resize(kServeChunk);
@@ -215,10 +243,19 @@ void Conn::serve_begin() {
       });
     });
   }
-  serve_pump();
+  // Never synchronously: start_task runs inside the request parser's
+  // callback, and finishing an exchange resumes that parser.
+  std::weak_ptr<int> alive = alive_;
+  w_.post([alive, this] {
+    if (alive.lock()) serve_pump();
+  });
 }
 
 void Conn::serve_stop() {
+  if (serve_.pinned) {
+    w_.shared().engine->store().unpin(serve_.id);
+    serve_.pinned = false;
+  }
   if (serve_.task && serve_.sub) serve_.task->unsubscribe(serve_.sub);
   serve_.sub = 0;
   serve_.active = false;
@@ -257,17 +294,51 @@ void Conn::serve_pump() {
     }
     std::vector<http::Header> hs;
     for (auto& h : serve_.headers) hs.push_back({h.first, h.second});
-    hs.push_back({"Content-Length", std::to_string(serve_.length)});
+    int status = 200;
+    serve_.offset = 0;
+    serve_.end = serve_.length;
+    if (ex_.range) {
+      uint64_t len = serve_.length;
+      int64_t first = ex_.range_first, last = ex_.range_last;
+      if (ex_.range_suffix >= 0) {
+        uint64_t n = static_cast<uint64_t>(ex_.range_suffix);
+        first = static_cast<int64_t>(n >= len ? 0 : len - n);
+        last = static_cast<int64_t>(len) - 1;
+      }
+      if (last < 0 || static_cast<uint64_t>(last) >= len) last = static_cast<int64_t>(len) - 1;
+      if (len == 0 || first < 0 || static_cast<uint64_t>(first) >= len || (ex_.range_suffix == 0)) {
+        serve_stop();
+        hs.push_back({"Content-Range", "bytes */" + std::to_string(len)});
+        ex_.status = 416;
+        ex_.resp_done = true;
+        std::string r = http::simple_response(416, "range not satisfiable", ex_.client_keep_alive, hs);
+        send_client(r.data(), r.size());
+        log_exchange();
+        after_exchange();
+        return;
+      }
+      status = 206;
+      serve_.offset = static_cast<uint64_t>(first);
+      serve_.end = static_cast<uint64_t>(last) + 1;
+      hs.push_back({"Content-Range", "bytes " + std::to_string(first) + "-" + std::to_string(last) + "/" +
+                                         std::to_string(len)});
+    }
+    hs.push_back({"Content-Length", std::to_string(serve_.end - serve_.offset)});
+    hs.push_back({"Accept-Ranges", "bytes"});
     if (!ex_.client_keep_alive) hs.push_back({"Connection", "close"});
-    std::string head = http::serialize_response_head(200, "OK", hs);
+    std::string head = http::serialize_response_head(status, status == 206 ? "Partial Content" : "OK", hs);
     send_client(head.data(), head.size());
     serve_.head_sent = true;
     ex_.resp_head_sent = true;
-    ex_.status = 200;
+    ex_.status = status;
   }
   if (serve_.reading || client_.busy() || closing_) return;
-  if (serve_.offset < v.readable) {
-    uint64_t n = v.readable - serve_.offset;
+  // Until the object is verified, the last byte a client asked for waits:
+  // no response completes on unverified bytes.
+  uint64_t limit = v.readable < serve_.end ? v.readable : serve_.end;
+  if (v.phase != task::ActiveTask::Phase::Complete && limit == serve_.end && limit > 0) limit--;
+  if (serve_.offset < limit) {
+    uint64_t n = limit - serve_.offset;
     if (n > kServeChunk) n = kServeChunk;
     int fd = serve_.task ? serve_.task->fd() : serve_.fd;
     uv_buf_t b = uv_buf_init(serve_.buf.data(), static_cast<unsigned>(n));
@@ -310,7 +381,7 @@ void Conn::serve_pump() {
     }
     return;
   }
-  if (serve_.offset == serve_.length && v.phase == task::ActiveTask::Phase::Complete) serve_done();
+  if (serve_.offset == serve_.end && v.phase == task::ActiveTask::Phase::Complete) serve_done();
 }
 
 void Conn::serve_done() {
