@@ -40,6 +40,8 @@ struct TaskMetrics {
       obs::metrics().counter("shoal_task_joined_total", "Requests that joined a task being downloaded");
   obs::Counter& bytes_local = obs::metrics().counter(
       "shoal_bytes_total", "Response body bytes sent to clients, by source", "source=\"local\"");
+  obs::Counter& bytes_origin = obs::metrics().counter(
+      "shoal_bytes_total", "Response body bytes sent to clients, by source", "source=\"origin\"");
   obs::Counter& mismatch =
       obs::metrics().counter("shoal_digest_mismatch_total", "Objects whose bytes did not match their digest");
   obs::Histogram& duration = obs::metrics().histogram("shoal_task_duration_seconds",
@@ -370,7 +372,7 @@ void Conn::serve_pump() {
           size_t k = static_cast<size_t>(got);
           c->serve_.offset += k;
           c->ex_.resp_bytes += k;
-          if (c->ex_.source != "origin") tm().bytes_local.inc(k);
+          (c->ex_.source == "origin" ? tm().bytes_origin : tm().bytes_local).inc(k);
           c->send_client(c->serve_.buf.data(), k);
           c->serve_pump();
         });
