@@ -12,7 +12,11 @@
 #   shoal_back_to_source_total = 1;
 #   a second pull afterwards reaches neither the registry nor the blob store
 #   and logs "reuse file peer task done"; shoal_bytes_total{source="local"}
-#   grows by at least the blob's size.
+#   grows by at least the blob's size;
+#   the blob store's own URL (.../blobs/sha256/xx/<hex>/data?presigned) is
+#   the same task: served from the store, no blob-store GET;
+#   a manifest by digest: two proxied GETs, one registry GET, the second
+#   from the store with the same Content-Type.
 . "$(dirname "$0")/lib.sh"
 
 need_root
@@ -124,5 +128,35 @@ local2=$(metric 'shoal_bytes_total{source="local"}')
 [ "$((local2 - local1))" -eq "$size" ] || fail "shoal_bytes_total{source=\"local\"} grew by $((local2 - local1)), want $size"
 [ "$((local1 - local0))" -ge "$size" ] ||
   fail "shoal_bytes_total{source=\"local\"} grew by $((local1 - local0)) during the concurrent pull, want >= $size (15 clients not served by the owner)"
+
+info "the blob store's own URL for the blob (storage path) is the same task"
+loc=$(curl -sS -o /dev/null -w '%{redirect_url}' --cacert "$SHOAL_TEST_ORIGIN_CA" -H "Authorization: Bearer $token" "$url") ||
+  fail "direct GET for the blob's Location failed"
+case $loc in */blobs/sha256/${hex:0:2}/$hex/data*) ;; *) fail "unexpected blob Location: $loc" ;; esac
+store_mark=$(log_mark "$SHOAL_TEST_BLOBS_LOG")
+code=$(curl -sS --max-time 30 -x "$SHOALD_PROXY" --cacert "$bundle" -o "$TEST_TMP/store-url.body" -w '%{http_code}' "$loc") ||
+  fail "GET of the storage URL through the proxy failed"
+assert_eq "$code" 200 "storage URL status"
+assert_same_file "$TEST_TMP/store-url.body" "$TEST_TMP/c1.body" "storage URL body"
+sleep 0.5
+assert_eq "$(store_gets "$store_mark")" 0 "blob-store GETs for the storage URL (served from the store)"
+assert_eq "$(log_count "((.msg // \"\") | test(\"^reuse file peer task done\")) and .task == \"$hex\"")" 2 \
+  "\"reuse file peer task done\" lines for the task"
+
+info "a manifest by digest is a task too, served again with its Content-Type"
+mdig=$SHOAL_TEST_HELLO_MANIFEST_DIGEST
+murl=$SHOAL_TEST_REGISTRY_URL/v2/$SHOAL_TEST_HELLO_REPO/manifests/$mdig
+accept='Accept: application/vnd.oci.image.manifest.v1+json'
+reg_mark=$(log_mark "$SHOAL_TEST_REGISTRY_ACCESS_LOG")
+for i in 1 2; do
+  curl -sS --max-time 30 -x "$SHOALD_PROXY" --cacert "$bundle" -H "Authorization: Bearer $token" -H "$accept" \
+    -o "$TEST_TMP/m$i.body" -w '%{http_code} %{content_type}' "$murl" >"$TEST_TMP/m$i.out" || fail "manifest GET $i failed"
+  assert_eq "$(cat "$TEST_TMP/m$i.out")" "200 application/vnd.oci.image.manifest.v1+json" "manifest GET $i status and type"
+  assert_eq "$(sha256_of "$TEST_TMP/m$i.body")" "$mdig" "manifest GET $i digest"
+done
+sleep 0.5
+assert_eq "$(log_since "$SHOAL_TEST_REGISTRY_ACCESS_LOG" "$reg_mark" | grep -c "\"GET /v2/$SHOAL_TEST_HELLO_REPO/manifests/$mdig " || true)" 1 \
+  "registry GETs of the manifest by digest for two proxied GETs"
+assert_log_has "((.msg // \"\") | test(\"^reuse file peer task done\")) and .task == \"${mdig#sha256:}\""
 shoald_alive "after the pulls"
 info "ok"

@@ -124,7 +124,7 @@ struct Conn::ResponseHandler : http::Handler {
       const std::string* loc = head.find("Location");
       bool redirect = head.status == 301 || head.status == 302 || head.status == 303 || head.status == 307 ||
                       head.status == 308;
-      if (redirect && loc && ex.redirects < 10) {
+      if (redirect && loc) {  // follow_redirect() enforces the limit
         // Shoal follows the registry's redirect to its blob store itself, so
         // the task is named by the digest whatever URL the bytes come from.
         ex.redirecting = true;
@@ -1121,9 +1121,9 @@ void Conn::log_exchange() {
   m().duration.observe(secs);
   obs::log_info("request")
       .str("method", ex_.method)
-      .str("host", ex_.host)
-      .num("port", ex_.port)
-      .str("path", strip_query(ex_.path))
+      .str("host", ex_.log_host.empty() ? ex_.host : ex_.log_host)
+      .num("port", ex_.log_host.empty() ? ex_.port : ex_.log_port)
+      .str("path", strip_query(ex_.log_host.empty() ? ex_.path : ex_.log_path))
       .num("status", ex_.status)
       .num("bytes", static_cast<int64_t>(ex_.resp_bytes))
       .num("duration_ms", static_cast<int64_t>(now_ms() - ex_.start_ms))

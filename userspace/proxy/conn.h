@@ -107,6 +107,8 @@ class Conn : public http::Handler, public UpstreamOwner {
     bool redirecting = false;               // the origin's answer is a redirect Shoal follows
     std::string location;
     int redirects = 0;
+    std::string log_host, log_path;  // what the client asked for, once redirects were followed
+    uint16_t log_port = 0;
     std::string source;  // where the body came from: origin, joined, store
     // A single Range: bytes=first-last, first- (last = -1) or -suffix.
     bool range = false;

@@ -403,10 +403,30 @@ void Conn::serve_done() {
   after_exchange();
 }
 
-// A task this client joined failed before any byte was sent: fetch it for
-// this client alone, straight from the origin.
+// A task this client joined failed before any byte was sent. When the
+// origin's answer was not storable (a 404, say), the client asks the origin
+// itself and gets its answer. When the download failed (a digest mismatch,
+// the owner went away), relaying unchecked bytes would defeat verification:
+// the client fetches the task again as its new owner (or joins whoever
+// already does).
 void Conn::serve_fallback() {
+  bool passthrough = serve_.task && serve_.task->passthrough();
   serve_stop();
+  serve_.task.reset();
+  if (!passthrough) {
+    if (start_task(ex_.url)) return;
+    std::vector<http::Header> hs;
+    for (auto& h : ex_.req_headers)
+      if (!ex_.range || (!http::iequals(h.name, "Range") && !http::iequals(h.name, "If-Range")))
+        hs.push_back(h);
+    ex_.req_headers = hs;
+    std::string out = http::serialize_request_head("GET", ex_.path, hs);
+    Upstream* u = get_upstream(ex_.host, ex_.port, ex_.https);
+    if (!u) return;
+    send_upstream(out.data(), out.size());
+    update_reads();
+    return;
+  }
   ex_.source = "";
   ex_.route = "direct";
   std::string out = http::serialize_request_head("GET", ex_.path, ex_.req_headers);
@@ -444,7 +464,7 @@ void Conn::tee_streaming(const http::MessageHead& head) {
 void Conn::tee_abandon(const std::string& why) {
   tm().passthrough.inc();
   auto t = tee_->task;
-  t->set_failed(why);
+  t->set_failed(why, true);
   w_.shared().engine->retire(t);
   // A running job still uses the Tee: it frees it when it sees it orphaned.
   if (tee_->job)
@@ -639,8 +659,19 @@ void Conn::tee_finished() {
 void Conn::follow_redirect() {
   redirect_pending_ = false;
   ex_.redirecting = false;
-  ex_.redirects++;
   std::string loc = ex_.location;
+  if (ex_.redirects >= 10) {
+    tee_abandon("more than 10 redirects");
+    fail_exchange(502, "the origin redirected more than 10 times (last to " + loc + ")");
+    return;
+  }
+  ex_.redirects++;
+  if (ex_.log_host.empty()) {
+    // The request line in core.log names what the client asked for.
+    ex_.log_host = ex_.host;
+    ex_.log_port = ex_.port;
+    ex_.log_path = ex_.path;
+  }
   std::string host = ex_.host;
   uint16_t port = ex_.port;
   bool https = ex_.https;

@@ -64,14 +64,20 @@ void ActiveTask::set_complete() {
   notify();
 }
 
-void ActiveTask::set_failed(const std::string& why) {
+void ActiveTask::set_failed(const std::string& why, bool passthrough) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (phase_ == Phase::Complete || phase_ == Phase::Failed) return;
     phase_ = Phase::Failed;
     failure_ = why;
+    passthrough_ = passthrough;
   }
   notify();
+}
+
+bool ActiveTask::passthrough() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return passthrough_;
 }
 
 uint64_t ActiveTask::subscribe(std::function<void()> fn) {

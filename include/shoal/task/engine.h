@@ -56,7 +56,11 @@ class ActiveTask {
   void set_streaming(uint64_t length, Headers headers, int fd);  // takes fd
   void add_stored(uint64_t n);
   void set_complete();
-  void set_failed(const std::string& why);
+  // passthrough: the origin's answer was not a storable object (an error
+  // status, no length): waiting clients ask the origin themselves. Otherwise
+  // the download failed and must not be relayed unchecked.
+  void set_failed(const std::string& why, bool passthrough = false);
+  bool passthrough() const;
 
   // Readers: fn runs on every change (on whichever thread made it).
   uint64_t subscribe(std::function<void()> fn);
@@ -72,6 +76,7 @@ class ActiveTask {
   Headers headers_;
   int fd_ = -1;
   std::string failure_;
+  bool passthrough_ = false;
   uint64_t next_token_ = 1;
   std::map<uint64_t, std::function<void()>> subs_;
 };
