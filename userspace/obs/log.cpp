@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <ctime>
@@ -34,6 +35,7 @@ std::string g_dir;
 std::atomic<int> g_level{static_cast<int>(Level::Info)};
 std::atomic<bool> g_stderr_copy{false};
 constexpr size_t kMaxQueueBytes = 16 << 20;
+constexpr size_t kWakeBytes = 64 << 10;
 
 bool make_dirs(const std::string& dir, std::string* err) {
   std::string cur;
@@ -81,8 +83,14 @@ void write_all(int fd, const char* p, size_t n) {
 void writer_main() {
   std::unique_lock<std::mutex> lk(g_mu);
   for (;;) {
-    g_cv.wait(lk, [] { return g_stop || !g_queue.empty(); });
-    if (g_queue.empty()) return;  // stopping, and drained
+    // Producers wake the writer only when a lot is queued (see ~LogLine);
+    // otherwise it looks every 20 ms, so a busy loop does not pay a wake-up
+    // and a context switch per line.
+    g_cv.wait_for(lk, std::chrono::milliseconds(20), [] { return g_stop || g_queue_bytes >= kWakeBytes; });
+    if (g_queue.empty()) {
+      if (g_stop) return;  // stopping, and drained
+      continue;
+    }
     std::string batch;
     batch.reserve(g_queue_bytes + 128);
     for (auto& line : g_queue) batch += line;
@@ -159,6 +167,7 @@ bool log_reopen(std::string* err) {
 void log_flush() {
   // The writer empties the queue under the lock, so waiting until the
   // queue is empty and then taking the lock once means the batch is written.
+  g_cv.notify_one();
   for (;;) {
     {
       std::lock_guard<std::mutex> lk(g_mu);
@@ -226,7 +235,7 @@ LogLine::~LogLine() {
   }
   g_queue_bytes += line.size();
   g_queue.push_back(std::move(line));
-  bool wake = g_queue.size() == 1;
+  bool wake = g_queue_bytes >= kWakeBytes;
   lk.unlock();
   if (wake) g_cv.notify_one();
 }
