@@ -117,7 +117,7 @@ integration: all $(FIXTURE_BINS) $(ORAS_CLIENT)
 	$(Q)BUILD=$(abspath $(BUILD)) tests/integration/run.sh $(T)
 
 san: deps-test
-	$(Q)$(MAKE) --no-print-directory BUILD=build/san SAN=address,undefined DEBUG=1 test
+	$(Q)SHOAL_SAN=1 $(MAKE) --no-print-directory BUILD=build/san SAN=address,undefined DEBUG=1 test
 
 bench: deps-bench
 	$(Q)$(MAKE) --no-print-directory all $(FIXTURE_BINS)

@@ -68,6 +68,10 @@ _shoal_run_cleanups() {
     eval "${_shoal_cleanups[i]}" || echo "[$TEST_NAME] cleanup failed: ${_shoal_cleanups[i]}" >&2
   done
   _shoal_cleanups=()
+  if [ "${_shoal_cleanup_failed:-0}" = 1 ] && [ "$rc" -eq 0 ]; then
+    echo "FAIL: shoald reported a sanitizer error" >&2
+    rc=1
+  fi
   exit "$rc"
 }
 trap _shoal_run_cleanups EXIT
@@ -227,7 +231,7 @@ start_shoald() {
   info "starting shoald: $bin ${args[*]} $*"
   "$bin" "${args[@]}" "$@" </dev/null >"$SHOALD_LOG_DIR/shoald.out" 2>&1 &
   SHOALD_PID=$!
-  on_exit stop_shoald "$SHOALD_PID"
+  on_exit stop_shoald "$SHOALD_PID" "'$SHOALD_LOG_DIR/shoald.out'"
   local deadline=$((SECONDS + 15))
   until timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$SHOALD_PROXY_PORT" 2>/dev/null; do
     if ! kill -0 "$SHOALD_PID" 2>/dev/null; then
@@ -256,6 +260,12 @@ stop_shoald() {
   fi
   wait "$pid" 2>/dev/null || rc=$?
   [ "$rc" -eq 0 ] || info "shoald $pid exited with status $rc"
+  # Under make san a sanitizer report fails the test, whatever else passed.
+  if [ -n "${2:-}" ] && grep -qE 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:' "$2" 2>/dev/null; then
+    echo "[$TEST_NAME] sanitizer report from shoald $pid:" >&2
+    head -n 60 "$2" >&2
+    _shoal_cleanup_failed=1
+  fi
   return 0
 }
 
