@@ -53,10 +53,11 @@ class Worker {
   tls::Rng& rng() { return rng_; }
   tls::ServerConfig& server_config() { return *server_cfg_; }
   std::shared_ptr<tls::ClientConfig> client_config(const TrustChoice& trust);
-  // A 64 KiB buffer every read on this loop lands in; readers consume it
-  // before returning, so one per loop is enough whatever the connection count.
+  // A 256 KiB buffer every read on this loop lands in; readers consume it
+  // before returning, so one per loop is enough whatever the connection
+  // count. Large reads halve the syscalls of a bulk tunnel against 64 KiB.
   char* read_buffer() { return read_buf_.get(); }
-  static constexpr size_t kReadBufferSize = 64 * 1024;
+  static constexpr size_t kReadBufferSize = 256 * 1024;
   // Where decrypted bytes land before they are parsed; same rule as above.
   uint8_t* plain_buffer() { return plain_buf_.get(); }
   static constexpr size_t kPlainBufferSize = 64 * 1024;
