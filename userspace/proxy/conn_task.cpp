@@ -91,6 +91,10 @@ bool Conn::start_task(const std::string& url) {
   if (!engine) return false;
   bool by_digest = false;
   std::string id = task::task_id_for(url, rt_->cfg->default_filter, &by_digest);
+  // A manifest by tag changes when the tag moves: never a task, whatever a
+  // broad proxies rule says.
+  if (!by_digest && ex_.path.compare(0, 4, "/v2/") == 0 && ex_.path.find("/manifests/") != std::string::npos)
+    return false;
   serve_ = Serve{};
   serve_.id = id;
   task::TaskMeta meta;

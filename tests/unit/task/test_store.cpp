@@ -913,6 +913,8 @@ void test_disk_full(void**) {
 
 }  // namespace
 
+int run_task_id_tests();  // test_task_id.cpp
+
 int main() {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_piece_helpers),         cmocka_unit_test(test_round_trip),
@@ -923,5 +925,6 @@ int main() {
       cmocka_unit_test(test_concurrency),           cmocka_unit_test(test_crash_at_each_step),
       cmocka_unit_test(test_crash_random_kill),     cmocka_unit_test(test_disk_full),
   };
-  return cmocka_run_group_tests_name("task", tests, nullptr, nullptr);
+  int failed = cmocka_run_group_tests_name("task store", tests, nullptr, nullptr);
+  return failed + run_task_id_tests();
 }
