@@ -468,3 +468,4 @@ done
 } >>"$RAW"
 python3 "$root/bench/report.py" "$RAW" "$OUT/results.txt" "$OUT/results.md"
 cat "$OUT/results.txt"
+if [ "${BENCH_TASK:-0}" = 1 ]; then for p in "${bg_pids[@]}"; do stop_pid "$p"; done; BUILD=$BUILD "$root/bench/task.sh"; fi  # frees 127.0.0.20:443 first

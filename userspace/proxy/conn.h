@@ -196,6 +196,9 @@ class Conn : public http::Handler, public UpstreamOwner {
   void tee_streaming(const http::MessageHead& head);
   void tee_abandon(const std::string& why);
   void tee_finished();
+  void tee_store_failed();
+  void drain_pump();
+  bool drain_ = false;  // the owner's store failed: finish the client from file, memory, then origin
   void follow_redirect();
   void auth_check_begin();
   void auth_checked(bool timed_out);

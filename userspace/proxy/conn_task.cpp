@@ -280,6 +280,12 @@ void Conn::serve_pump() {
     v.phase = task::ActiveTask::Phase::Complete;
     v.length = v.stored = v.readable = serve_.length;
   }
+  if (drain_ && tee_) {
+    // Our own task failed to store: what is on disk is served unverified, as
+    // a pass-through would have; the client's registry library checks it.
+    v.phase = task::ActiveTask::Phase::Streaming;
+    v.readable = tee_->written;
+  }
   if (v.phase == task::ActiveTask::Phase::Starting) return;
   if (v.phase == task::ActiveTask::Phase::Failed) {
     if (tee_) return;  // the owner handles its own task's failure
@@ -342,7 +348,11 @@ void Conn::serve_pump() {
   // Until the object is verified, the last byte a client asked for waits:
   // no response completes on unverified bytes.
   uint64_t limit = v.readable < serve_.end ? v.readable : serve_.end;
-  if (v.phase != task::ActiveTask::Phase::Complete && limit == serve_.end && limit > 0) limit--;
+  if (drain_ && tee_ && serve_.offset >= limit) {
+    drain_pump();
+    return;
+  }
+  if (!drain_ && v.phase != task::ActiveTask::Phase::Complete && limit == serve_.end && limit > 0) limit--;
   if (serve_.offset < limit) {
     uint64_t n = limit - serve_.offset;
     if (n > kServeChunk) n = kServeChunk;
@@ -482,9 +492,72 @@ void Conn::tee_abandon(const std::string& why) {
 }
 
 void Conn::tee_body(const char* data, size_t n) {
-  if (!tee_ || tee_->error) return;
+  if (!tee_) return;
   tee_->pending.insert(tee_->pending.end(), data, data + n);
-  tee_kick();
+  if (!tee_->error) tee_kick();
+}
+
+// The store failed (disk full, I/O error) while the owner was fetching: the
+// task is given up — clients that joined ask the origin themselves — but
+// our own client loses nothing: it gets the rest of the file, then what the
+// origin sent since (still in memory), then the origin's bytes directly.
+void Conn::tee_store_failed() {
+  Tee* t = tee_.get();
+  std::string why = "cannot store: " + t->err;
+  tm().passthrough.inc();
+  obs::log_error("store failed; passing the rest of the object through")
+      .str("task", t->task->id())
+      .str("error", t->err)
+      .num("stored", static_cast<int64_t>(t->written));
+  t->task->set_failed(why, true);
+  w_.shared().engine->retire(t->task);
+  if (!t->inflight.empty()) {
+    t->inflight.insert(t->inflight.end(), t->pending.begin(), t->pending.end());
+    t->pending.swap(t->inflight);
+    t->inflight.clear();
+  }
+  if (ex_.range) {
+    close_all(true);  // a cut of a half-stored object: let the client retry
+    return;
+  }
+  drain_ = true;
+  serve_pump();
+  update_reads();
+}
+
+// Drain mode (see tee_store_failed): file first, then memory, then relay.
+void Conn::drain_pump() {
+  Tee* t = tee_.get();
+  if (!serve_.head_sent || serve_.reading || client_.busy() || closing_) return;
+  if (serve_.offset < t->written) return;  // serve_pump reads the file part
+  std::vector<char> mem;
+  mem.swap(t->pending);
+  bool done = t->body_done;
+  uint64_t length = t->length;
+  drain_ = false;
+  ex_.tee = false;
+  serve_stop();
+  tee_.reset();  // aborts the writer: nothing of this object is kept
+  ex_.source = "";
+  if (!mem.empty()) {
+    ex_.resp_bytes += mem.size();
+    send_client(mem.data(), mem.size());
+  }
+  if (done) {
+    if (ex_.resp_bytes != length) {
+      // Cannot happen unless bytes were lost: never let a short body look
+      // complete (the client would wait for the rest forever).
+      obs::log_error("pass-through after a store failure came up short")
+          .num("sent", static_cast<int64_t>(ex_.resp_bytes))
+          .num("length", static_cast<int64_t>(length));
+      close_all(true);
+      return;
+    }
+    finish_exchange();
+    if (after_exchange_pending_ && !closing_) after_exchange();
+    return;
+  }
+  update_reads();  // the origin's next bytes go straight to the client
 }
 
 void Conn::tee_kick() {
@@ -585,17 +658,23 @@ void Conn::tee_kick() {
           t->err = err;
         }
         if (!finalize) {
+          // A failed chunk stays in inflight: tee_store_failed() still owes
+          // it to the client.
           if (rc == 0) {
             t->written += t->inflight.size();
             t->task->add_stored(t->inflight.size());
+            t->inflight.clear();
           }
-          t->inflight.clear();
         } else {
           t->finalized = true;
         }
         if (c->closing_) {
           c->tee_finished();
           c->maybe_free();
+          return;
+        }
+        if (t->error && !t->mismatch) {
+          c->tee_store_failed();
           return;
         }
         if (t->error || t->finalized) {

@@ -1,9 +1,8 @@
 // Unit tests for task identity (task_id.h).
 #include <string>
 
-#include "shoal/task/task_id.h"
-
 #include "../cmocka_cpp.h"
+#include "shoal/task/task_id.h"
 
 namespace {
 
@@ -42,26 +41,33 @@ void test_filter_query(void**) {
   const char* f = "Expires&Signature&ns";
   assert_string_equal(filter_query("https://s.test/o?Expires=1&keep=2&Signature=x", f).c_str(),
                       "https://s.test/o?keep=2");
-  assert_string_equal(filter_query("https://s.test/o?Expires=1&Signature=x&ns=3", f).c_str(), "https://s.test/o");
+  assert_string_equal(filter_query("https://s.test/o?Expires=1&Signature=x&ns=3", f).c_str(),
+                      "https://s.test/o");
   assert_string_equal(filter_query("https://s.test/o", f).c_str(), "https://s.test/o");
   // A parameter whose name only starts like a filtered one stays.
   assert_string_equal(filter_query("https://s.test/o?Expiresx=1", f).c_str(), "https://s.test/o?Expiresx=1");
-  assert_string_equal(filter_query("https://s.test/o?a=1&Expires=2#frag", f).c_str(), "https://s.test/o?a=1#frag");
+  assert_string_equal(filter_query("https://s.test/o?a=1&Expires=2#frag", f).c_str(),
+                      "https://s.test/o?a=1#frag");
 }
 
 void test_task_id_for(void**) {
   bool by_digest = false;
-  assert_string_equal(task_id_for("https://r.test/v2/x/blobs/sha256:" + kHex, "", &by_digest).c_str(), kHex.c_str());
+  assert_string_equal(task_id_for("https://r.test/v2/x/blobs/sha256:" + kHex, "", &by_digest).c_str(),
+                      kHex.c_str());
   assert_true(by_digest);
   // Presigned URLs that differ only in filtered parameters share a task.
-  std::string a = task_id_for("https://s.test/obj?Expires=1&Signature=a&keep=1", "Expires&Signature", &by_digest);
+  std::string a =
+      task_id_for("https://s.test/obj?Expires=1&Signature=a&keep=1", "Expires&Signature", &by_digest);
   assert_false(by_digest);
-  std::string b = task_id_for("https://s.test/obj?Signature=b&Expires=2&keep=1", "Expires&Signature", &by_digest);
-  std::string c = task_id_for("https://s.test/obj?Expires=1&Signature=a&keep=2", "Expires&Signature", &by_digest);
+  std::string b =
+      task_id_for("https://s.test/obj?Signature=b&Expires=2&keep=1", "Expires&Signature", &by_digest);
+  std::string c =
+      task_id_for("https://s.test/obj?Expires=1&Signature=a&keep=2", "Expires&Signature", &by_digest);
   assert_string_equal(a.c_str(), b.c_str());
   assert_string_not_equal(a.c_str(), c.c_str());
   assert_int_equal(a.size(), 64);
-  assert_string_equal(sha256_hex("").c_str(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  assert_string_equal(sha256_hex("").c_str(),
+                      "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
 }
 
 }  // namespace
