@@ -149,6 +149,7 @@ class Conn : public http::Handler, public UpstreamOwner {
     bool active = false;
     std::shared_ptr<task::ActiveTask> task;  // null for a stored task
     int fd = -1;                             // a stored task's data; ours to close
+    std::shared_ptr<const std::string> mem;  // a small stored object's bytes (SmallCache)
     bool pinned = false;                     // the stored task is pinned against GC
     uint64_t length = 0, offset = 0;
     uint64_t end = 0;  // one past the last byte to send (the range's end)

@@ -99,6 +99,16 @@ bool Conn::start_task(const std::string& url) {
   serve_.id = id;
   task::TaskMeta meta;
   if (engine->store().lookup(id, &meta)) {
+    if (auto mem = engine->small().get(id); mem && mem->size() == meta.length) {
+      engine->store().touch(id);
+      serve_.mem = std::move(mem);
+      serve_.length = meta.length;
+      serve_.headers = meta.headers;
+      ex_.source = "store";
+      tm().reuse.inc();
+      auth_check_begin();
+      return true;
+    }
     std::string err;
     int fd = engine->store().open_data(id, &err);
     if (fd >= 0) {
@@ -353,6 +363,15 @@ void Conn::serve_pump() {
     return;
   }
   if (!drain_ && v.phase != task::ActiveTask::Phase::Complete && limit == serve_.end && limit > 0) limit--;
+  if (serve_.offset < limit && serve_.mem) {
+    size_t n = static_cast<size_t>(limit - serve_.offset);
+    const char* p = serve_.mem->data() + serve_.offset;
+    serve_.offset += n;
+    ex_.resp_bytes += n;
+    tm().bytes_local.inc(n);
+    send_client(p, n);
+    if (closing_) return;
+  }
   if (serve_.offset < limit) {
     uint64_t n = limit - serve_.offset;
     if (n > kServeChunk) n = kServeChunk;
@@ -384,6 +403,10 @@ void Conn::serve_pump() {
             return;
           }
           size_t k = static_cast<size_t>(got);
+          if (c->ex_.source == "store" && c->serve_.offset == 0 && k == c->serve_.length &&
+              k <= task::SmallCache::kMaxObject)
+            c->w_.shared().engine->small().put(c->serve_.id,
+                                               std::make_shared<const std::string>(c->serve_.buf.data(), k));
           c->serve_.offset += k;
           c->ex_.resp_bytes += k;
           (c->ex_.source == "origin" ? tm().bytes_origin : tm().bytes_local).inc(k);

@@ -101,6 +101,37 @@ void ActiveTask::notify() {
   for (auto& fn : fns) fn();
 }
 
+std::shared_ptr<const std::string> SmallCache::get(const std::string& id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = index_.find(id);
+  if (it == index_.end()) return nullptr;
+  lru_.splice(lru_.begin(), lru_, it->second);
+  return it->second->second;
+}
+
+void SmallCache::put(const std::string& id, std::shared_ptr<const std::string> bytes) {
+  if (!bytes || bytes->size() > kMaxObject) return;
+  std::lock_guard<std::mutex> lk(mu_);
+  if (index_.count(id)) return;
+  lru_.emplace_front(id, std::move(bytes));
+  index_[id] = lru_.begin();
+  bytes_ += lru_.front().second->size();
+  while (bytes_ > capacity_ && !lru_.empty()) {
+    bytes_ -= lru_.back().second->size();
+    index_.erase(lru_.back().first);
+    lru_.pop_back();
+  }
+}
+
+void SmallCache::erase(const std::string& id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = index_.find(id);
+  if (it == index_.end()) return;
+  bytes_ -= it->second->second->size();
+  lru_.erase(it->second);
+  index_.erase(it);
+}
+
 std::shared_ptr<ActiveTask> Engine::acquire(const std::string& id, bool by_digest, bool* created) {
   std::lock_guard<std::mutex> lk(mu_);
   auto it = active_.find(id);

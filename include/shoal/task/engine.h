@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -81,10 +82,30 @@ class ActiveTask {
   std::map<uint64_t, std::function<void()>> subs_;
 };
 
+// Bytes of small stored objects (manifests, configs) kept in memory, so a
+// hit on one costs no open(2), no read through the thread pool and no
+// close(2). LRU, bounded in bytes; thread-safe.
+class SmallCache {
+ public:
+  static constexpr uint64_t kMaxObject = 64 * 1024;
+  explicit SmallCache(uint64_t capacity = 64u << 20) : capacity_(capacity) {}
+  std::shared_ptr<const std::string> get(const std::string& id);
+  void put(const std::string& id, std::shared_ptr<const std::string> bytes);
+  void erase(const std::string& id);
+
+ private:
+  using Entry = std::pair<std::string, std::shared_ptr<const std::string>>;
+  std::mutex mu_;
+  uint64_t capacity_, bytes_ = 0;
+  std::list<Entry> lru_;  // front = most recent
+  std::map<std::string, std::list<Entry>::iterator> index_;
+};
+
 class Engine {
  public:
   explicit Engine(std::unique_ptr<Store> store) : store_(std::move(store)) {}
   Store& store() { return *store_; }
+  SmallCache& small() { return small_; }
   // The task being downloaded under id; created (Starting) when there is
   // none, then *created is true and the caller is its owner.
   std::shared_ptr<ActiveTask> acquire(const std::string& id, bool by_digest, bool* created);
@@ -95,6 +116,7 @@ class Engine {
 
  private:
   std::unique_ptr<Store> store_;
+  SmallCache small_;
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<ActiveTask>> active_;
 };
