@@ -120,6 +120,24 @@ struct Conn::ResponseHandler : http::Handler {
       ex.up_keep_alive = head.keep_alive;
       return 0;
     }
+    if (ex.resume) {
+      // The rest of an object whose head the client already has: only a
+      // 206 starting exactly where the client stopped will do.
+      const std::string* loc = head.find("Location");
+      if ((head.status == 301 || head.status == 302 || head.status == 303 || head.status == 307 ||
+           head.status == 308) &&
+          loc) {
+        ex.redirecting = true;
+        ex.location = *loc;
+        ex.up_keep_alive = head.keep_alive;
+        return 0;
+      }
+      const std::string* cr = head.find("Content-Range");
+      std::string want = "bytes " + std::to_string(ex.resume_from) + "-";
+      if (head.status != 206 || !cr || cr->compare(0, want.size(), want) != 0) return 1;
+      ex.up_keep_alive = head.keep_alive;
+      return 0;
+    }
     if (ex.tee) {
       const std::string* loc = head.find("Location");
       bool redirect = head.status == 301 || head.status == 302 || head.status == 303 || head.status == 307 ||

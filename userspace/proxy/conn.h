@@ -113,6 +113,8 @@ class Conn : public http::Handler, public UpstreamOwner {
     // A single Range: bytes=first-last, first- (last = -1) or -suffix.
     bool range = false;
     int64_t range_first = -1, range_last = -1, range_suffix = -1;
+    bool resume = false;  // fetching the rest of a failed task's bytes from the origin
+    uint64_t resume_from = 0;
     bool auth_check = false;  // a HEAD with the client's credentials is out
     int auth_status = 0;
     std::string auth_key;
@@ -192,6 +194,7 @@ class Conn : public http::Handler, public UpstreamOwner {
   void serve_done();
   void serve_stop();
   void serve_fallback();
+  void serve_resume();
   void tee_body(const char* data, size_t n);
   void tee_kick();
   void tee_streaming(const http::MessageHead& head);

@@ -301,6 +301,8 @@ void Conn::serve_pump() {
     if (tee_) return;  // the owner handles its own task's failure
     if (!serve_.head_sent) {
       serve_fallback();
+    } else if (serve_.task && serve_.task->passthrough() && !ex_.range && !ex_.resume) {
+      serve_resume();
     } else {
       ex_.status = ex_.status ? ex_.status : 502;
       obs::log_warn("task failed while serving").str("task", serve_.id).str("error", v.failure);
@@ -467,6 +469,31 @@ void Conn::serve_fallback() {
   ex_.source = "";
   ex_.route = "direct";
   std::string out = http::serialize_request_head("GET", ex_.path, ex_.req_headers);
+  Upstream* u = get_upstream(ex_.host, ex_.port, ex_.https);
+  if (!u) return;
+  send_upstream(out.data(), out.size());
+  update_reads();
+}
+
+// A task this client was being served from stopped (its store failed)
+// after the client had part of it: ask the origin for the rest with a Range
+// request and relay it, instead of resetting the client.
+void Conn::serve_resume() {
+  uint64_t from = serve_.offset;
+  serve_stop();
+  serve_.task.reset();
+  ex_.resume = true;
+  ex_.resume_from = from;
+  ex_.source = "origin";
+  std::vector<http::Header> hs;
+  for (auto& h : ex_.req_headers)
+    if (!http::iequals(h.name, "Range") && !http::iequals(h.name, "If-Range")) hs.push_back(h);
+  hs.push_back({"Range", "bytes=" + std::to_string(from) + "-"});
+  ex_.req_headers = hs;
+  obs::log_warn("task stopped while serving; fetching the rest from the origin")
+      .str("task", serve_.id)
+      .num("from", static_cast<int64_t>(from));
+  std::string out = http::serialize_request_head("GET", ex_.path, hs);
   Upstream* u = get_upstream(ex_.host, ex_.port, ex_.https);
   if (!u) return;
   send_upstream(out.data(), out.size());
@@ -767,7 +794,7 @@ void Conn::follow_redirect() {
   ex_.redirecting = false;
   std::string loc = ex_.location;
   if (ex_.redirects >= 10) {
-    tee_abandon("more than 10 redirects");
+    if (tee_) tee_abandon("more than 10 redirects");
     fail_exchange(502, "the origin redirected more than 10 times (last to " + loc + ")");
     return;
   }
