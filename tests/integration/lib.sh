@@ -407,3 +407,27 @@ task_files() {
   find "$1/tmp" -mindepth 1 2>/dev/null
   find "$1/tasks" -mindepth 2 -maxdepth 2 2>/dev/null
 }
+
+# registry_config OUT SITE_CA_DIR [PROXY_LINE...]: writes a shoald config for
+# the registry fixture: the guide's two rules, registry and blob hosts
+# hijacked with the site CA, origins verified against the fixture's CA. Each
+# PROXY_LINE (e.g. "authCheck: false") is added under proxy:.
+registry_config() {
+  local out=$1 ca=$2 line
+  shift 2
+  {
+    echo "proxy:"
+    for line in "$@"; do echo "  $line"; done
+    echo "  proxies:"
+    echo "    - regx: blobs/sha256.*"
+    echo "    - regx: manifests/sha256.*"
+    echo "hijackHTTPS:"
+    echo "  cert: $ca/ca.crt"
+    echo "  key: $ca/ca.key"
+    echo "  hosts:"
+    echo "    - regx: $SHOAL_TEST_REGISTRY_HOST"
+    echo "    - regx: $SHOAL_TEST_BLOBS_HOST"
+    echo "tls:"
+    echo "  trustStore: $SHOAL_TEST_ORIGIN_CA"
+  } >"$out"
+}

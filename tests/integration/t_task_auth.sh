@@ -13,22 +13,7 @@ site=$TEST_TMP/site-ca
 make_ca "$site"
 bundle=$TEST_TMP/client-cas.pem
 cat "$site/ca.crt" "$SHOAL_TEST_ORIGIN_CA" >"$bundle"
-write_config() {
-  cat >"$TEST_TMP/shoald.yaml" <<EOF
-proxy:
-  authCheck: $1
-  proxies:
-    - regx: blobs/sha256.*
-hijackHTTPS:
-  cert: $site/ca.crt
-  key: $site/ca.key
-  hosts:
-    - regx: $SHOAL_TEST_REGISTRY_HOST
-    - regx: $SHOAL_TEST_BLOBS_HOST
-tls:
-  trustStore: $SHOAL_TEST_ORIGIN_CA
-EOF
-}
+write_config() { registry_config "$TEST_TMP/shoald.yaml" "$site" "authCheck: $1"; }
 write_config true
 start_shoald "$TEST_TMP/shoald.yaml"
 url=$SHOAL_TEST_REGISTRY_URL/v2/$SHOAL_TEST_HELLO_REPO/blobs/$SHOAL_TEST_HELLO_SMALL_LAYER_DIGEST

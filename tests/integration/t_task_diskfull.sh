@@ -18,19 +18,7 @@ data=$TEST_TMP/small-disk
 mkdir -p "$data"
 mount -t tmpfs -o size=3m tmpfs "$data" || skip "cannot mount a tmpfs here"
 on_exit "umount -l '$data'"
-cat >"$TEST_TMP/shoald.yaml" <<EOF
-proxy:
-  proxies:
-    - regx: blobs/sha256.*
-hijackHTTPS:
-  cert: $site/ca.crt
-  key: $site/ca.key
-  hosts:
-    - regx: $SHOAL_TEST_REGISTRY_HOST
-    - regx: $SHOAL_TEST_BLOBS_HOST
-tls:
-  trustStore: $SHOAL_TEST_ORIGIN_CA
-EOF
+registry_config "$TEST_TMP/shoald.yaml" "$site"
 start_shoald "$TEST_TMP/shoald.yaml" --data-dir "$data"
 digest=$SHOAL_TEST_HELLO_BIG_LAYER_DIGEST
 url=$SHOAL_TEST_REGISTRY_URL/v2/$SHOAL_TEST_HELLO_REPO/blobs/$digest

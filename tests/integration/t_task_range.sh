@@ -13,19 +13,7 @@ site=$TEST_TMP/site-ca
 make_ca "$site"
 bundle=$TEST_TMP/client-cas.pem
 cat "$site/ca.crt" "$SHOAL_TEST_ORIGIN_CA" >"$bundle"
-cat >"$TEST_TMP/shoald.yaml" <<EOF
-proxy:
-  proxies:
-    - regx: blobs/sha256.*
-hijackHTTPS:
-  cert: $site/ca.crt
-  key: $site/ca.key
-  hosts:
-    - regx: $SHOAL_TEST_REGISTRY_HOST
-    - regx: $SHOAL_TEST_BLOBS_HOST
-tls:
-  trustStore: $SHOAL_TEST_ORIGIN_CA
-EOF
+registry_config "$TEST_TMP/shoald.yaml" "$site"
 start_shoald "$TEST_TMP/shoald.yaml"
 digest=$SHOAL_TEST_HELLO_BIG_LAYER_DIGEST
 size=$SHOAL_TEST_HELLO_BIG_LAYER_SIZE
