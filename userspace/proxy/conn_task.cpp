@@ -301,7 +301,7 @@ void Conn::serve_pump() {
     if (tee_) return;  // the owner handles its own task's failure
     if (!serve_.head_sent) {
       serve_fallback();
-    } else if (serve_.task && serve_.task->passthrough() && !ex_.range && !ex_.resume) {
+    } else if (serve_.task && serve_.task->prefix_ok() && !ex_.range && !ex_.resume) {
       serve_resume();
     } else {
       ex_.status = ex_.status ? ex_.status : 502;
@@ -475,9 +475,10 @@ void Conn::serve_fallback() {
   update_reads();
 }
 
-// A task this client was being served from stopped (its store failed)
-// after the client had part of it: ask the origin for the rest with a Range
-// request and relay it, instead of resetting the client.
+// A task this client was being served from stopped after the client had
+// part of it (the store failed, or the client that fetched it went away):
+// the bytes it has are the origin's, so ask the origin for the rest with a
+// Range request and relay it, instead of resetting the client.
 void Conn::serve_resume() {
   uint64_t from = serve_.offset;
   serve_stop();
@@ -779,7 +780,8 @@ void Conn::tee_finished() {
       .str("task", t->task->id())
       .str("error", why)
       .num("cost_ms", static_cast<int64_t>(cost));
-  t->task->set_failed(why);
+  // Bytes already stored are the origin's unless they failed verification.
+  t->task->set_failed(why, false, !t->mismatch);
   engine.retire(t->task);
   // Our client may have most of the object: only a reset tells it that it
   // is incomplete.

@@ -64,15 +64,21 @@ void ActiveTask::set_complete() {
   notify();
 }
 
-void ActiveTask::set_failed(const std::string& why, bool passthrough) {
+void ActiveTask::set_failed(const std::string& why, bool passthrough, bool prefix_ok) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (phase_ == Phase::Complete || phase_ == Phase::Failed) return;
     phase_ = Phase::Failed;
     failure_ = why;
     passthrough_ = passthrough;
+    prefix_ok_ = passthrough || prefix_ok;
   }
   notify();
+}
+
+bool ActiveTask::prefix_ok() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return prefix_ok_;
 }
 
 bool ActiveTask::passthrough() const {

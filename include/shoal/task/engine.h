@@ -60,8 +60,12 @@ class ActiveTask {
   // passthrough: the origin's answer was not a storable object (an error
   // status, no length): waiting clients ask the origin themselves. Otherwise
   // the download failed and must not be relayed unchecked.
-  void set_failed(const std::string& why, bool passthrough = false);
+  // prefix_ok: the bytes already on disk are the origin's (the download
+  // stopped, or the disk filled) rather than wrong (a digest mismatch), so a
+  // reader that has some of them may fetch the rest with a Range request.
+  void set_failed(const std::string& why, bool passthrough = false, bool prefix_ok = false);
   bool passthrough() const;
+  bool prefix_ok() const;
 
   // Readers: fn runs on every change (on whichever thread made it).
   uint64_t subscribe(std::function<void()> fn);
@@ -78,6 +82,7 @@ class ActiveTask {
   int fd_ = -1;
   std::string failure_;
   bool passthrough_ = false;
+  bool prefix_ok_ = false;
   uint64_t next_token_ = 1;
   std::map<uint64_t, std::function<void()>> subs_;
 };
