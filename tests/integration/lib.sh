@@ -201,7 +201,9 @@ _shoald_count=0
 # 10 s). A free --proxy-listen port is picked unless ARGS give one. Sets
 # SHOALD_PID, SHOALD_PROXY_PORT, SHOALD_PROXY (http://127.0.0.1:PORT),
 # SHOALD_DATA_DIR, SHOALD_LOG_DIR, SHOALD_ADMIN_SOCKET, SHOALD_METRICS_PORT.
-# Skips when $BUILD/shoald does not exist.
+# Skips when $BUILD/shoald does not exist. With SHOAL_TEST_FAST_RECORDS=0
+# (run.sh's "fast-records-off" variant) the daemon gets a copy of CONFIG
+# that sets tls.fastRecords: false.
 start_shoald() {
   local config=$1 bin=$BUILD/shoald dir a listen="" i j
   shift
@@ -209,6 +211,16 @@ start_shoald() {
   _shoald_count=$((_shoald_count + 1))
   dir=$TEST_TMP/shoald.$_shoald_count
   mkdir -p "$dir/data" "$dir/log"
+  if [ "${SHOAL_TEST_FAST_RECORDS:-1}" = 0 ]; then
+    # Same directory, so relative paths in the file still resolve.
+    local off
+    off=$(dirname "$config")/.fast-records-off.$_shoald_count.yaml
+    awk '{ print } /^tls:[[:space:]]*$/ { print "  fastRecords: false"; done = 1 }
+         END { if (!done) { print "tls:"; print "  fastRecords: false" } }' "$config" >"$off" ||
+      fail "cannot write $off"
+    on_exit rm -f "$off"
+    config=$off
+  fi
   SHOALD_DATA_DIR=$dir/data
   SHOALD_LOG_DIR=$dir/log
   SHOALD_ADMIN_SOCKET=$dir/admin.sock

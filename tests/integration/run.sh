@@ -24,12 +24,18 @@ per_test_timeout=${SHOAL_TEST_TIMEOUT:-120}
 logdir=$BUILD/test-logs
 mkdir -p "$logdir"
 
+# A test whose header has the line "# variants: fast-records-off" runs a
+# second time with SHOAL_TEST_FAST_RECORDS=0 (lib.sh's start_shoald then sets
+# tls.fastRecords: false), reported as NAME[fast-records-off].
 tests=()
 for t in "$root"/tests/integration/t_*.sh; do
   [ -e "$t" ] || continue
   base=$(basename "$t")
   # shellcheck disable=SC2053
-  if [[ $base == $glob || ${base%.sh} == $glob ]]; then tests+=("$t"); fi
+  if [[ $base == $glob || ${base%.sh} == $glob ]]; then
+    tests+=("$t")
+    if grep -q '^# variants:.*fast-records-off' "$t"; then tests+=("$t|fast-records-off"); fi
+  fi
 done
 if [ ${#tests[@]} -eq 0 ]; then
   echo "run.sh: no integration test matches '$glob'" >&2
@@ -86,11 +92,19 @@ else
 fi
 
 pass=0 failed=0 skipped=0
-for t in "${tests[@]}"; do
+for entry in "${tests[@]}"; do
+  t=${entry%%|*}
+  variant=""
+  [ "$entry" = "$t" ] || variant=${entry#*|}
   name=$(basename "$t" .sh)
+  fast=1
+  if [ -n "$variant" ]; then
+    name="$name[$variant]"
+    fast=0
+  fi
   log=$logdir/$name.log
   start=$(date +%s.%N)
-  timeout -k 15 "$per_test_timeout" bash "$t" >"$log" 2>&1 </dev/null &
+  SHOAL_TEST_FAST_RECORDS=$fast timeout -k 15 "$per_test_timeout" bash "$t" >"$log" 2>&1 </dev/null &
   running=$!
   wait "$running"
   rc=$?

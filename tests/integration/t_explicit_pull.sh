@@ -1,4 +1,5 @@
 #!/bin/bash
+# variants: fast-records-off (hijacked with and without tls.fastRecords)
 # The explicit-proxy product test: real clients pull through shoald with
 # HTTPS_PROXY set, and get exactly what a direct pull gets.
 #
@@ -102,6 +103,13 @@ assert_log_has ".msg == \"request\" and $on_reg and .method == \"GET\"
 assert_log_has ".msg == \"request\" and $on_reg
   and ((.path // \"\") | test(\"/manifests/1\$\")) and .route == \"direct\""
 assert_log_has ".msg == \"connect\" and .host == \"$reg_hp\" and .route == \"hijack\""
+# Which record layer protected the hijacked connections: libcrypto's AES-GCM
+# by default, mbedTLS's in the fast-records-off variant; never a mix.
+want_records=libcrypto
+[ "${SHOAL_TEST_FAST_RECORDS:-1}" = 1 ] || want_records=mbedtls
+assert_log_has ".msg == \"connect\" and .route == \"hijack\" and .records == \"$want_records\""
+assert_eq "$(log_count ".msg == \"connect\" and .route == \"hijack\" and .records != \"$want_records\"")" 0 \
+  "hijacked connections not on the $want_records record layer"
 assert_log_has ".msg == \"connect\" and .host == \"$auth_hp\" and .route == \"tunnel\""
 assert_eq "$(log_count ".msg == \"connect\" and .host == \"$auth_hp\" and .route != \"tunnel\"")" 0 \
   "CONNECTs to the token host that were not tunnelled"

@@ -1,4 +1,5 @@
 #!/bin/bash
+# variants: fast-records-off (hijacked with and without tls.fastRecords)
 # Bad input gets a clear, specific error, and the daemon stays healthy:
 #   malformed request line 400, header block over 64 KiB 431,
 #   Transfer-Encoding + Content-Length 400, obs-fold 400;

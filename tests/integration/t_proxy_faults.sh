@@ -1,4 +1,5 @@
 #!/bin/bash
+# variants: fast-records-off (hijacked with and without tls.fastRecords)
 # Origin faults, faked by tests/fixtures/fault_origin.py, plain, through a
 # hijacked tunnel and through a plain CONNECT tunnel:
 #   the origin resets (or closes) mid-body after the headers went out, with

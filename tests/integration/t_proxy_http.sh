@@ -1,4 +1,5 @@
 #!/bin/bash
+# variants: fast-records-off (hijacked with and without tls.fastRecords)
 # HTTP/1.1 semantics through the proxy, once with absolute-URI plain-HTTP
 # requests and once inside a hijacked (decrypted) CONNECT tunnel, against
 # tests/fixtures/fault_origin.py, which echoes what reached it:

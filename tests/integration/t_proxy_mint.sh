@@ -1,4 +1,5 @@
 #!/bin/bash
+# variants: fast-records-off (hijacked with and without tls.fastRecords)
 # Leaf minting under a burst: 200 clients open hijacked tunnels to a host no
 # leaf exists for yet, all at once. shoald mints one leaf per event loop
 # (the others wait for it) instead of one per connection, every client

@@ -43,6 +43,8 @@
 //   tls:
 //     trustStore: /etc/ssl/certs/ca-certificates.crt  # roots for origins
 //     leafCacheSize: 1024       # minted leaf certificates kept (LRU)
+//     fastRecords: true         # after mbedTLS's handshake, AES-GCM records
+//                               # through libcrypto (false: mbedTLS does all)
 //   timeouts:
 //     header: 30s               # a client's request head must arrive within this
 //     idle: 300s                # a connection silent this long is closed
@@ -705,7 +707,8 @@ constexpr Key kMetricsKeys[] = {{"listen", K::kStr, S}};
 constexpr Schema kMetrics{kMetricsKeys};
 constexpr Key kShutdownKeys[] = {{"grace", K::kDur, S}};
 constexpr Schema kShutdown{kShutdownKeys};
-constexpr Key kTlsKeys[] = {{"trustStore", K::kStr, S}, {"leafCacheSize", K::kInt, S}};
+constexpr Key kTlsKeys[] = {
+    {"trustStore", K::kStr, S}, {"leafCacheSize", K::kInt, S}, {"fastRecords", K::kBool, S}};
 constexpr Schema kTls{kTlsKeys};
 constexpr Key kTimeoutsKeys[] = {{"header", K::kDur, S}, {"idle", K::kDur, S}, {"connect", K::kDur, S}};
 constexpr Schema kTimeouts{kTimeoutsKeys};
@@ -1413,6 +1416,7 @@ class Validator {
       else
         c->leaf_cache_size = static_cast<uint32_t>(*v);
     }
+    if (auto v = bool_of(find(tls, "fastRecords"))) c->tls_fast_records = *v;
 
     const Node* t = map_of(find(top, "timeouts"));
     set_duration(find(t, "header"), "timeouts.header", false, &c->header_timeout_s);

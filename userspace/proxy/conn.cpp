@@ -642,11 +642,12 @@ void Conn::begin_hijack() {
 }
 
 void Conn::start_handshake(std::shared_ptr<const tls::Leaf> leaf) {
-  client_.tls = tls::Session::server(&w_.server_config(), std::move(leaf));
+  client_.tls = tls::Session::server(&w_.server_config(rt_->cfg->tls_fast_records), std::move(leaf));
   if (!client_.tls) {
     close_all(true);
     return;
   }
+  client_.tls->set_log_label("client " + peer_addr_ + " (" + connect_target_ + ")");
   mode_ = Mode::Handshake;
   if (!hello_.empty()) client_.tls->feed(reinterpret_cast<const uint8_t*>(hello_.data()), hello_.size());
   std::vector<char>().swap(hello_);
@@ -860,7 +861,7 @@ Upstream* Conn::get_upstream(const std::string& host, uint16_t port, bool use_tl
   }
   if (up_) up_->release();
   std::shared_ptr<tls::ClientConfig> cfg;
-  if (use_tls) cfg = w_.client_config(rt_->trust_for(host, port, w_.scratch()));
+  if (use_tls) cfg = w_.client_config(rt_->trust_for(host, port, w_.scratch()), rt_->cfg->tls_fast_records);
   up_ = Upstream::open(w_, this, host, port, use_tls, std::move(cfg), resp_handler_.get());
   up_->busy_exchange = true;
   if (!up_->fail_reason.empty()) {
@@ -1412,6 +1413,8 @@ void Conn::close_all(bool reset) {
         .num("duration_ms", static_cast<int64_t>(now_ms() - connect_start_ms_))
         .str("client", peer_addr_);
     if (!sni_.empty()) line.str("sni", sni_);
+    if (client_.tls && client_.tls->handshake_done())
+      line.str("cipher", client_.tls->ciphersuite()).str("records", client_.tls->record_layer_name());
     if (!connect_error_.empty()) line.str("error", connect_error_);
   }
   if (ex_.active && !ex_.logged) {

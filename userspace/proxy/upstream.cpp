@@ -91,6 +91,7 @@ void on_connect(uv_connect_t* req, int status) {
   }
   if (u->use_tls) {
     u->side.tls = tls::Session::client(u->tls_cfg.get(), u->host);
+    if (u->side.tls) u->side.tls->set_log_label("origin " + host_port(u->host, u->port));
     if (!u->side.tls) {
       u->owner->upstream_failed(u, "cannot create a TLS session for " + u->host);
       return;

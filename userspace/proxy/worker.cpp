@@ -48,7 +48,6 @@ Worker::Worker(Shared& shared, int index)
   uv_loop_init(&loop_);
   uv_async_init(&loop_, &async_, on_async);
   async_.data = this;
-  server_cfg_ = std::make_unique<tls::ServerConfig>(&rng_);
 }
 
 Worker::~Worker() {
@@ -185,11 +184,18 @@ std::shared_ptr<const Runtime> Worker::runtime() {
   return rt;
 }
 
-std::shared_ptr<tls::ClientConfig> Worker::client_config(const TrustChoice& trust) {
-  auto key = std::make_pair(static_cast<const tls::TrustStore*>(trust.store.get()), trust.insecure);
+tls::ServerConfig& Worker::server_config(bool fast_records) {
+  auto& cfg = server_cfg_[fast_records ? 1 : 0];
+  if (!cfg) cfg = std::make_unique<tls::ServerConfig>(&rng_, fast_records);
+  return *cfg;
+}
+
+std::shared_ptr<tls::ClientConfig> Worker::client_config(const TrustChoice& trust, bool fast_records) {
+  auto key =
+      std::make_tuple(static_cast<const tls::TrustStore*>(trust.store.get()), trust.insecure, fast_records);
   auto it = client_cfgs_.find(key);
   if (it != client_cfgs_.end()) return it->second.cfg;
-  auto cfg = std::make_shared<tls::ClientConfig>(&rng_, trust.store.get(), trust.insecure);
+  auto cfg = std::make_shared<tls::ClientConfig>(&rng_, trust.store.get(), trust.insecure, fast_records);
   client_cfgs_[key] = CachedClientConfig{trust.store, cfg};
   return cfg;
 }

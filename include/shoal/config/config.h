@@ -109,6 +109,7 @@ struct Config {
   double shutdown_grace_s = 30.0;
   std::string trust_store = "/etc/ssl/certs/ca-certificates.crt";
   uint32_t leaf_cache_size = 1024;
+  bool tls_fast_records = true;  // tls.fastRecords
   double header_timeout_s = 30.0;
   double idle_timeout_s = 300.0;
   double connect_timeout_s = 10.0;

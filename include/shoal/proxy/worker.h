@@ -51,8 +51,10 @@ class Worker {
   std::shared_ptr<const Runtime> runtime();
   rules::Scratch& scratch() { return scratch_; }
   tls::Rng& rng() { return rng_; }
-  tls::ServerConfig& server_config() { return *server_cfg_; }
-  std::shared_ptr<tls::ClientConfig> client_config(const TrustChoice& trust);
+  // TLS configurations of this loop, with or without fast records
+  // (tls.fastRecords, which a reload may change).
+  tls::ServerConfig& server_config(bool fast_records);
+  std::shared_ptr<tls::ClientConfig> client_config(const TrustChoice& trust, bool fast_records);
   // A 256 KiB buffer every read on this loop lands in; readers consume it
   // before returning, so one per loop is enough whatever the connection
   // count. Large reads halve the syscalls of a bulk tunnel against 64 KiB.
@@ -88,12 +90,12 @@ class Worker {
   uint64_t scratch_gen_ = 0;
   std::shared_ptr<const Runtime> rt_;
   tls::Rng rng_;
-  std::unique_ptr<tls::ServerConfig> server_cfg_;
+  std::unique_ptr<tls::ServerConfig> server_cfg_[2];  // [fast_records]
   struct CachedClientConfig {
     std::shared_ptr<tls::TrustStore> store;  // keeps the key's pointer alive
     std::shared_ptr<tls::ClientConfig> cfg;
   };
-  std::map<std::pair<const tls::TrustStore*, bool>, CachedClientConfig> client_cfgs_;
+  std::map<std::tuple<const tls::TrustStore*, bool, bool>, CachedClientConfig> client_cfgs_;
   bool async_closed_ = false;  // guarded by post_mu_
   void maybe_finish();
   std::unique_ptr<char[]> read_buf_;

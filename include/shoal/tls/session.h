@@ -1,8 +1,10 @@
 // One TLS endpoint over memory buffers (a "memory BIO"): the connection
 // feeds it ciphertext read from the socket and writes out what it produces,
 // so the event loop never blocks and mbedTLS never touches a socket.
-// Record protection lives behind read()/write() so a faster record layer can
-// take over after the handshake (the fast-record-path issue).
+// Record protection lives behind read()/write(): mbedTLS does the handshake,
+// and for TLS 1.2 AES-GCM suites a RecordLayer on libcrypto takes over the
+// records once it is complete (see session.cpp), unless the configuration
+// turns that off.
 // Not thread-safe: owned by one connection on one event loop.
 #pragma once
 
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "shoal/tls/cert_authority.h"
+#include "shoal/tls/record_layer.h"
 
 namespace shoal::tls {
 
@@ -63,37 +66,50 @@ class TrustStore {
 };
 
 // Client-facing configuration for hijacked connections: TLS 1.2, ALPN
-// "http/1.1" only (a client offering ALPN without http/1.1 gets a
-// no_application_protocol alert), ChaCha20-Poly1305 preferred (then AES-GCM),
-// ECDHE, no renegotiation. The certificate is per Session, never per config.
-// One per event loop (it holds that loop's Rng).
+// "http/1.1" (or "http/1.0"; a client offering ALPN without either gets a
+// no_application_protocol alert), ECDHE, no renegotiation. With fast records
+// AES-128-GCM is preferred (libcrypto seals it fastest), else
+// ChaCha20-Poly1305 (mbedTLS's fastest cipher). The certificate is per
+// Session, never per config. One per event loop (it holds that loop's Rng).
 class ServerConfig {
  public:
-  explicit ServerConfig(Rng* rng);
+  explicit ServerConfig(Rng* rng, bool fast_records = true);
   ~ServerConfig();
   ServerConfig(const ServerConfig&) = delete;
   ServerConfig& operator=(const ServerConfig&) = delete;
   mbedtls_ssl_config* conf() { return &conf_; }
+  bool fast_records() const { return fast_records_; }
+  // Offers only this suite (tests pin AES-256-GCM or ChaCha20 with it).
+  void set_ciphersuite_for_test(int id);
 
  private:
   mbedtls_ssl_config conf_;
+  bool fast_records_;
+  int only_suite_[2] = {0, 0};
 };
 
 // Origin-facing configuration: TLS 1.2, verification against a TrustStore
 // unless insecure, ALPN http/1.1, SNI + hostname check set per Session.
 // One per (loop, trust store, insecure) combination.
+// Fast records as for ServerConfig.
 class ClientConfig {
  public:
-  ClientConfig(Rng* rng, TrustStore* trust, bool insecure);
+  ClientConfig(Rng* rng, TrustStore* trust, bool insecure, bool fast_records = true);
   ~ClientConfig();
   ClientConfig(const ClientConfig&) = delete;
   ClientConfig& operator=(const ClientConfig&) = delete;
   mbedtls_ssl_config* conf() { return &conf_; }
   bool insecure() const { return insecure_; }
+  bool fast_records() const { return fast_records_; }
+  void set_ciphersuite_for_test(int id);
+  // Lets the client start a renegotiation (tests check the peer refuses).
+  void allow_renegotiation_for_test();
 
  private:
   mbedtls_ssl_config conf_;
   bool insecure_;
+  bool fast_records_;
+  int only_suite_[2] = {0, 0};
 };
 
 enum class Status {
@@ -141,8 +157,17 @@ class Session {
   void close_notify();
   // Ciphertext waiting to be sent; the caller moves it out and clears it.
   std::vector<uint8_t>& output() { return out_; }
-  // Bytes fed but not yet consumed by mbedTLS.
+  // Bytes fed but not yet consumed: none after WantRead on mbedTLS's record
+  // layer (it buffers partial records itself); up to one partial record on
+  // the fast one, which opens records where they were fed.
   size_t pending_input() const { return in_.size() - in_off_; }
+  // True once the libcrypto record layer protects the records.
+  bool fast_records() const { return fast_ != nullptr; }
+  // "libcrypto" or "mbedtls": which layer protects the records (for logs).
+  const char* record_layer_name() const { return fast_ ? "libcrypto" : "mbedtls"; }
+  // Names the connection in log lines about peer alerts, e.g. "client
+  // 127.0.0.1:40000 (registry:443)".
+  void set_log_label(std::string label) { label_ = std::move(label); }
   // Last error, e.g. "handshake: certificate verification failed: The
   // certificate is not correctly signed by the trusted CA" or "handshake:
   // origin supports only TLS 1.3 (mbedTLS 2.28 speaks TLS 1.2)".
@@ -153,6 +178,20 @@ class Session {
   // Negotiated ALPN (may be empty) and ciphersuite name.
   std::string alpn() const;
   std::string ciphersuite() const;
+
+  // mbedTLS's key-export callback, installed on configs with fast records:
+  // the keys go to the Session being handshaken on this thread (mbedTLS
+  // calls it per configuration, not per session). Not for other callers.
+  static int on_export_keys(void* p, const unsigned char* ms, const unsigned char* kb, size_t maclen,
+                            size_t keylen, size_t ivlen, const unsigned char client_random[32],
+                            const unsigned char server_random[32], mbedtls_tls_prf_types prf);
+
+  // The raw mbedTLS context, for tests that drive renegotiation or read
+  // counters; never used by the proxy.
+  mbedtls_ssl_context* ssl_for_test() { return &ssl_; }
+  // Overrides the next outgoing sequence number of the fast layer (tests of
+  // nonce exhaustion and of a peer that skips a record).
+  RecordLayer* record_layer_for_test() { return fast_.get(); }
 
   // Makes the memory BIO answer WANT_READ / WANT_WRITE on every other call,
   // like mbedTLS's ssl_server2 nbio=2, so tests reach every resume path.
@@ -165,6 +204,22 @@ class Session {
   static int verify_ip(void* ctx, mbedtls_x509_crt* crt, int depth, uint32_t* flags);
   bool flaky_skip();
   Status set_error(int ret, const char* what);  // not "fail": CMocka defines that macro
+  Status finish_handshake();
+  void try_fast_records();
+  Status fast_read(uint8_t* buf, size_t cap, size_t* n);
+  Status fast_fail(Alert alert, const std::string& why);
+  void consume_input(size_t n);
+
+  std::unique_ptr<RecordLayer> fast_;
+  std::unique_ptr<RecordKeys> keys_;  // captured during the handshake
+  bool fast_allowed_ = false;
+  std::vector<uint8_t> plain_;  // opened plaintext the caller had no room for
+  size_t plain_off_ = 0;
+  int empty_records_ = 0;
+  bool peer_closed_ = false;
+  bool failed_ = false;
+  std::string alpn_, suite_;  // kept once mbedTLS's context is released
+  std::string label_;
 
   mbedtls_ssl_context ssl_;
   std::shared_ptr<const Leaf> leaf_;

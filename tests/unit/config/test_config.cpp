@@ -449,7 +449,7 @@ void test_relative_paths(void**) {
       "dataDir: data\n"
       "logDir: ../log/shoal\n"
       "admin:\n  socket: run/shoald.sock\n  group: wheel\n"
-      "tls:\n  trustStore: ./certs/roots.pem\n  leafCacheSize: 64\n"
+      "tls:\n  trustStore: ./certs/roots.pem\n  leafCacheSize: 64\n  fastRecords: false\n"
       "registryMirror:\n  url: http://mirror.example.test\n  certs: [mirror.pem, /abs/m.pem]\n",
       "shoald.yaml", "/etc/shoal");
   expect_clean(r);
@@ -460,6 +460,8 @@ void test_relative_paths(void**) {
   assert_string_equal(c.admin_group.c_str(), "wheel");
   assert_string_equal(c.trust_store.c_str(), "/etc/shoal/certs/roots.pem");
   assert_int_equal(c.leaf_cache_size, 64);
+  assert_false(c.tls_fast_records);
+  assert_true(shoal::config::Config().tls_fast_records);  // on by default
   assert_int_equal(c.mirror.certs.size(), 2);
   assert_string_equal(c.mirror.certs[0].c_str(), "/etc/shoal/mirror.pem");
   assert_string_equal(c.mirror.certs[1].c_str(), "/abs/m.pem");
@@ -616,6 +618,7 @@ void test_shoal_keys(void**) {
   expect_diag(load("logLevel: loud\n"), "logLevel", 1, 11, "debug, info, warn or error");
   expect_diag(load("workers: -1\n"), "workers", 1, 10, "0 (one per CPU) to 1024");
   expect_diag(load("tls:\n  leafCacheSize: 0\n"), "tls.leafCacheSize", 2, 18, "1 to 1000000");
+  expect_diag(load("tls:\n  fastRecords: sometimes\n"), "tls.fastRecords", 2, 16, "");
 }
 
 void test_mirror_url(void**) {

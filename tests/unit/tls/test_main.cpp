@@ -1,5 +1,5 @@
-// tls unit tests: one binary, three CMocka groups (client_hello,
-// cert_authority, session) sharing a throwaway PKI.
+// tls unit tests: one binary, four CMocka groups (client_hello,
+// cert_authority, session, record_layer) sharing a throwaway PKI.
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -187,6 +187,7 @@ int main() {
   failed += run_client_hello_tests();
   failed += run_cert_authority_tests();
   failed += run_session_tests();
+  failed += run_record_layer_tests();
   remove_pki();
   return failed == 0 ? 0 : 1;
 }

@@ -65,7 +65,7 @@ void full_exchange(bool flaky, bool one_byte) {
   assert_true(srv->handshake_done());
   assert_string_equal(cli->alpn().c_str(), "http/1.1");
   assert_string_equal(srv->alpn().c_str(), "http/1.1");
-  assert_string_equal(cli->ciphersuite().c_str(), "TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256");
+  assert_string_equal(cli->ciphersuite().c_str(), "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256");
   assert_string_equal(cli->verify_info().c_str(), "");
 
   send_and_check(cli.get(), srv.get(), pattern(100, 1));
@@ -87,8 +87,10 @@ void full_exchange(bool flaky, bool one_byte) {
       assert_status(st, Ok);
       got.insert(got.end(), buf, buf + n);
     }
-    assert_int_equal(cli->pending_input(), 0);
+    // Only a partial record may wait (fast records open where fed).
+    assert_true(cli->pending_input() < RecordLayer::kOverhead + RecordLayer::kMaxPlain);
   }
+  assert_int_equal(cli->pending_input(), 0);
   assert_true(got == big);
 
   // close_notify from the client; the server sees Closed.

@@ -67,5 +67,6 @@ struct Endpoints {
 int run_client_hello_tests();
 int run_cert_authority_tests();
 int run_session_tests();
+int run_record_layer_tests();
 
 }  // namespace shoal::tls::test
