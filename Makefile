@@ -8,6 +8,7 @@
 #   make unit       unit tests only (CMocka, one binary per module)
 #   make integration  integration tests only (real servers and clients, needs root)
 #   make san        build under ASan+UBSan into build/san and run the tests there
+#   make fuzz       libFuzzer targets (tests/fuzz), FUZZ_SECONDS each (default 60)
 #   make bench      benchmarks (long; not part of make test)
 #   make check      clang-format dry run
 #   make install    binaries, /etc/shoal/shoald.yaml, systemd unit, logrotate file
@@ -36,7 +37,7 @@ LDFLAGS := -pthread $(SANFLAGS)
 LDLIBS := -luv -lmbedtls -lmbedx509 -lmbedcrypto -lhs -lcjson -lyaml -lhttp_parser -lcrypto
 
 .DELETE_ON_ERROR:
-.PHONY: all run test unit integration san bench check install uninstall deps deps-test deps-bench clean format
+.PHONY: all run test unit integration fuzz san bench check install uninstall deps deps-test deps-bench clean format
 
 all: $(BUILD)/shoald $(BUILD)/shoalctl
 
@@ -106,9 +107,31 @@ $(ORAS_CLIENT): $(wildcard tests/fixtures/oras/*.go) tests/fixtures/oras/build.s
 	$(if $(V),,@echo "  GO   $@")
 	$(Q)tests/fixtures/oras/build.sh $@
 
+# Fuzz targets: tests/fuzz/fuzz_<name>.cpp, built by clang with libFuzzer and
+# ASan+UBSan together with the Shoal sources FUZZ_SRCS_<name> lists (compiled
+# with the same instrumentation, so coverage guides the fuzzer into them).
+# `make fuzz` runs each for FUZZ_SECONDS (default 60) from its seed corpus
+# tests/fuzz/corpus/<name>; `make test` runs each for 10 s.
+FUZZ_SECONDS ?= 60
+FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.cpp,%,$(wildcard tests/fuzz/fuzz_*.cpp))
+FUZZ_BINS := $(FUZZ_NAMES:%=$(BUILD)/fuzz/fuzz_%)
+FUZZ_SRCS_record_layer := userspace/tls/record_layer.cpp
+FUZZ_FLAGS := -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Iinclude
+define fuzz_rule
+$(BUILD)/fuzz/fuzz_$(1): tests/fuzz/fuzz_$(1).cpp $(FUZZ_SRCS_$(1)) $(wildcard include/shoal/*/*.h)
+	@mkdir -p $$(dir $$@)
+	$(if $(V),,@echo "  FUZZ $$@")
+	$(Q)clang++ $(FUZZ_FLAGS) -o $$@ $$(filter %.cpp,$$^) -lcrypto
+endef
+$(foreach f,$(FUZZ_NAMES),$(eval $(call fuzz_rule,$(f))))
+
+fuzz: $(FUZZ_BINS)
+	$(Q)FUZZ_SECONDS=$(FUZZ_SECONDS) BUILD=$(abspath $(BUILD)) tests/fuzz/run.sh $(FUZZ_BINS)
+
 test: deps-test
-	$(Q)$(MAKE) --no-print-directory all $(UNIT_BINS) $(FIXTURE_BINS) $(ORAS_CLIENT)
+	$(Q)$(MAKE) --no-print-directory all $(UNIT_BINS) $(FIXTURE_BINS) $(ORAS_CLIENT) $(FUZZ_BINS)
 	$(Q)$(MAKE) --no-print-directory unit integration
+	$(Q)$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
 
 unit: $(UNIT_BINS)
 	$(Q)tests/run-unit.sh $(UNIT_BINS)

@@ -14,7 +14,7 @@ build_pkgs=(
 )
 test_pkgs=(
   curl docker-registry skopeo golang-go golang-oras-oras-go-dev siftool nginx-light
-  python3 iproute2 iptables systemd procps jq util-linux tinyproxy
+  python3 iproute2 iptables systemd procps jq util-linux tinyproxy libclang-rt-14-dev
 )
 bench_pkgs=(squid-openssl nginx-light wrk gnuplot-nox)
 
