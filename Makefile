@@ -34,7 +34,7 @@ GIT_REV := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 CPPFLAGS := -Iinclude -isystem /usr/include/hs -DSHOAL_VERSION='"$(VERSION)"' -DSHOAL_GIT_REV='"$(GIT_REV)"'
 CXXFLAGS := -std=c++17 $(OPT) -g -pthread $(WARN) $(SANFLAGS) -MMD -MP
 LDFLAGS := -pthread $(SANFLAGS)
-LDLIBS := -luv -lmbedtls -lmbedx509 -lmbedcrypto -lhs -lcjson -lyaml -lhttp_parser -lcrypto
+LDLIBS := -luv -lmbedtls -lmbedx509 -lmbedcrypto -lhs -lcjson -lyaml -lhttp_parser -lcrypto -lbpf -lelf -lz
 
 .DELETE_ON_ERROR:
 .PHONY: all run test unit integration fuzz san bench check install uninstall deps deps-test deps-bench clean format
@@ -56,6 +56,23 @@ $(BUILD)/obj/%.o: %.cpp
 	@mkdir -p $(dir $@)
 	$(if $(V),,@echo "  CXX  $<")
 	$(Q)$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
+
+# BPF: bpf/<name>.bpf.c -> $(BUILD)/bpf/<name>.bpf.o (clang -target bpf, BTF
+# from -g; DWARF stripped, .BTF kept) -> $(BUILD)/bpf/<name>.skel.h (bpftool gen
+# skeleton, never committed). Only userspace/redirect/ebpf.cpp includes the
+# skeleton, through -isystem (it is generated C: old-style casts). The multiarch
+# include directory provides <asm/types.h> to <linux/bpf.h>.
+BPF_CFLAGS := -O2 -g -target bpf -Wall -Wextra -Werror -Iinclude -I/usr/include/$(shell $(CXX) -dumpmachine)
+$(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c include/shoal/bpf_abi.h
+	@mkdir -p $(dir $@)
+	$(if $(V),,@echo "  BPF  $<")
+	$(Q)clang $(BPF_CFLAGS) -c $< -o $@.tmp && llvm-strip -g $@.tmp && mv $@.tmp $@
+$(BUILD)/bpf/%.skel.h: $(BUILD)/bpf/%.bpf.o
+	$(if $(V),,@echo "  GEN  $@")
+	$(Q)bpftool gen skeleton $< name $(subst -,_,$*)_bpf > $@
+$(BUILD)/obj/userspace/redirect/ebpf.o: $(BUILD)/bpf/shoal_redirect.skel.h
+$(BUILD)/obj/userspace/redirect/ebpf.o: CPPFLAGS += -isystem $(BUILD)/bpf
+.SECONDARY: $(BUILD)/bpf/shoal_redirect.bpf.o
 
 $(BUILD)/shoald: $(BUILD)/obj/userspace/shoald.o $(MODULE_LIBS)
 	$(if $(V),,@echo "  LD   $@")
@@ -145,6 +162,7 @@ san: deps-test
 bench: deps-bench
 	$(Q)$(MAKE) --no-print-directory all $(FIXTURE_BINS)
 	$(Q)BUILD=$(abspath $(BUILD)) bench/run.sh
+	$(Q)BUILD=$(abspath $(BUILD)) bench/task.sh
 
 check:
 	$(Q)clang-format --dry-run --Werror $(shell git ls-files '*.cpp' '*.h' | grep -v '^bpf/')
@@ -158,14 +176,16 @@ install: all
 	install -d -m 0755 $(DESTDIR)/etc/shoal
 	test -e $(DESTDIR)/etc/shoal/shoald.yaml || install -m 0644 systemd/shoald.yaml $(DESTDIR)/etc/shoal/shoald.yaml
 	install -d -m 0755 $(DESTDIR)/lib/systemd/system
-	sed 's|@SBINDIR@|$(PREFIX)/sbin|g' systemd/shoald.service.in > $(DESTDIR)/lib/systemd/system/shoald.service
+	sed 's|@SBINDIR@|$(PREFIX)/sbin|g; s|@BINDIR@|$(PREFIX)/bin|g' systemd/shoald.service.in > $(DESTDIR)/lib/systemd/system/shoald.service
 	chmod 0644 $(DESTDIR)/lib/systemd/system/shoald.service
+	install -m 0644 systemd/shoal-jobs.slice $(DESTDIR)/lib/systemd/system/shoal.slice
 	install -D -m 0644 systemd/shoald.logrotate $(DESTDIR)/etc/logrotate.d/shoald
 	@getent group shoal >/dev/null || [ -n "$(DESTDIR)" ] || groupadd --system shoal || true
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/sbin/shoald $(DESTDIR)$(PREFIX)/bin/shoalctl
-	rm -f $(DESTDIR)/lib/systemd/system/shoald.service $(DESTDIR)/etc/logrotate.d/shoald
+	rm -f $(DESTDIR)/lib/systemd/system/shoald.service $(DESTDIR)/lib/systemd/system/shoal.slice
+	rm -f $(DESTDIR)/etc/logrotate.d/shoald
 	@echo "kept /etc/shoal (configuration, CA) and /var/lib/shoal (data)"
 
 clean:

@@ -34,6 +34,8 @@ void usage(FILE* out) {
           "      --proxy-listen ADDR:PORT    override proxy.tcpListen\n"
           "      --metrics-listen ADDR:PORT  override the metrics listener\n"
           "      --workers N          override workers (event loops)\n"
+          "      --transparent MODE   override transparent.mode (auto, ebpf,\n"
+          "                           iptables or off)\n"
           "  -V, --version            print the version\n"
           "  -h, --help               this text\n"
           "\n"
@@ -98,6 +100,22 @@ int main(int argc, char** argv) {
         return 2;
       }
       opts.overrides.workers = static_cast<int>(n);
+    } else if (a == "--transparent") {
+      if (!need_arg(i, argc, a.c_str())) return 2;
+      std::string m = argv[++i];
+      using TM = shoal::config::Config::TransparentMode;
+      if (m == "auto")
+        opts.overrides.transparent_mode = TM::Auto;
+      else if (m == "ebpf")
+        opts.overrides.transparent_mode = TM::Ebpf;
+      else if (m == "iptables")
+        opts.overrides.transparent_mode = TM::Iptables;
+      else if (m == "off")
+        opts.overrides.transparent_mode = TM::Off;
+      else {
+        fprintf(stderr, "shoald: --transparent: expected auto, ebpf, iptables or off, got '%s'\n", m.c_str());
+        return 2;
+      }
     } else {
       fprintf(stderr, "shoald: unknown option '%s' (see --help)\n", a.c_str());
       return 2;

@@ -227,6 +227,9 @@ start_shoald() {
   SHOALD_METRICS_PORT=$(free_port)
   local args=(-c "$config" --data-dir "$SHOALD_DATA_DIR" --log-dir "$SHOALD_LOG_DIR"
     --admin-socket "$SHOALD_ADMIN_SOCKET" --metrics-listen "127.0.0.1:$SHOALD_METRICS_PORT")
+  # Daemons stay out of transparent interception (its fixed listener port,
+  # kernel hooks) unless the test's configuration has a transparent section.
+  grep -q '^transparent:' "$config" || args+=(--transparent off)
   for ((i = 1; i <= $#; i++)); do
     a=${!i}
     case $a in

@@ -14,7 +14,7 @@ info "make install into a staging root"
 make -C "$SHOAL_ROOT" --no-print-directory -s BUILD="$BUILD" DESTDIR="$root" PREFIX=/usr/local install >&2 ||
   fail "make install failed"
 for f in usr/local/sbin/shoald usr/local/bin/shoalctl etc/shoal/shoald.yaml \
-  lib/systemd/system/shoald.service etc/logrotate.d/shoald; do
+  lib/systemd/system/shoald.service lib/systemd/system/shoal.slice etc/logrotate.d/shoald; do
   [ -f "$root/$f" ] || fail "make install did not install /$f"
 done
 [ -x "$root/usr/local/sbin/shoald" ] || fail "installed shoald is not executable"
@@ -24,8 +24,12 @@ grep -q '^ExecStart=/usr/local/sbin/shoald -c /etc/shoal/shoald.yaml$' "$root/li
 "$BUILD/shoald" --check-config -c "$root/etc/shoal/shoald.yaml" >&2 || fail "installed default configuration is invalid"
 
 info "systemd-analyze verify (unit pointed at this build's binary, which exists here)"
-sed "s|@SBINDIR@|$BUILD|g" "$SHOAL_ROOT/systemd/shoald.service.in" >"$TEST_TMP/shoald.service"
-out=$(systemd-analyze verify "$TEST_TMP/shoald.service" 2>&1) || fail "systemd-analyze verify: $out"
+sed "s|@SBINDIR@|$BUILD|g; s|@BINDIR@|$BUILD|g" "$SHOAL_ROOT/systemd/shoald.service.in" >"$TEST_TMP/shoald.service"
+grep -q "^ExecStopPost=-$BUILD/shoalctl cleanup\$" "$TEST_TMP/shoald.service" ||
+  fail "unit does not clean up iptables rules on stop (ExecStopPost)"
+cp "$SHOAL_ROOT/systemd/shoal-jobs.slice" "$TEST_TMP/shoal.slice"
+out=$(systemd-analyze verify "$TEST_TMP/shoald.service" "$TEST_TMP/shoal.slice" 2>&1) ||
+  fail "systemd-analyze verify: $out"
 [ -z "$out" ] || fail "systemd-analyze verify warned: $out"
 
 info "a second install keeps an edited configuration"

@@ -49,6 +49,14 @@
 //     header: 30s               # a client's request head must arrive within this
 //     idle: 300s                # a connection silent this long is closed
 //     connect: 10s              # connecting to an origin or a peer
+//   transparent:
+//     mode: auto                # auto | ebpf | iptables | off
+//     ports: [443]              # TCP ports of attached cgroups' connects to redirect
+//     cgroups: []               # cgroup v2 paths to attach at start (absolute,
+//                               # or relative to the cgroup2 mount)
+//     port: 65003               # transparent listener on 127.0.0.1 and ::1
+//     mark: 0x5348              # SO_MARK of Shoal's own sockets (never redirected)
+//     jobParent: shoal.jobs     # shoalctl run's job cgroups are made below this
 //   proxy:
 //     connectPorts: [443]       # ports CONNECT may reach; default 443 plus the
 //                               # registryMirror URL's port when that is not 443
@@ -712,6 +720,10 @@ constexpr Key kTlsKeys[] = {
 constexpr Schema kTls{kTlsKeys};
 constexpr Key kTimeoutsKeys[] = {{"header", K::kDur, S}, {"idle", K::kDur, S}, {"connect", K::kDur, S}};
 constexpr Schema kTimeouts{kTimeoutsKeys};
+constexpr Key kTransparentKeys[] = {{"mode", K::kStr, S},        {"ports", K::kPortList, S},
+                                    {"cgroups", K::kStrList, S}, {"port", K::kInt, S},
+                                    {"mark", K::kInt, S},        {"jobParent", K::kStr, S}};
+constexpr Schema kTransparent{kTransparentKeys};
 
 constexpr Key kTopKeys[] = {
     // Dragonfly's base options.
@@ -761,6 +773,7 @@ constexpr Key kTopKeys[] = {
     {"shutdown", K::kMap, S, &kShutdown},
     {"tls", K::kMap, S, &kTls},
     {"timeouts", K::kMap, S, &kTimeouts},
+    {"transparent", K::kMap, S, &kTransparent},
 };
 constexpr Schema kTop{kTopKeys};
 
@@ -1315,6 +1328,63 @@ class Validator {
       warn(*f.key, path, "cert and key are given but no hosts: nothing is hijacked");
   }
 
+  void extract_transparent(const Node* tm, Config* c) {
+    using TM = Config::TransparentMode;
+    if (const Found f = find(tm, "mode"); auto s = str_of(f)) {
+      if (*s == "auto")
+        c->transparent_mode = TM::Auto;
+      else if (*s == "ebpf")
+        c->transparent_mode = TM::Ebpf;
+      else if (*s == "iptables")
+        c->transparent_mode = TM::Iptables;
+      else if (*s == "off")
+        c->transparent_mode = TM::Off;
+      else
+        error(*f.value, "transparent.mode", "must be auto, ebpf, iptables or off, got \"" + *s + "\"");
+    }
+    if (const Node* l = list_of(find(tm, "ports"))) {
+      c->transparent_ports.clear();
+      for (size_t i = 0; i < l->kids.size(); ++i) {
+        const auto p = port_value(l->kids[i], at_index("transparent.ports", i));
+        if (!p) continue;
+        if (std::find(c->transparent_ports.begin(), c->transparent_ports.end(), *p) !=
+            c->transparent_ports.end())
+          warn(l->kids[i], at_index("transparent.ports", i), "port listed twice");
+        else
+          c->transparent_ports.push_back(*p);
+      }
+      if (c->transparent_ports.empty()) error(*l, "transparent.ports", "needs at least one port");
+    }
+    if (const Node* l = list_of(find(tm, "cgroups"))) {
+      for (size_t i = 0; i < l->kids.size(); ++i) {
+        const Node& item = l->kids[i];
+        if (item.type != Node::Type::kScalar) continue;
+        if (item.text.empty() || item.text.find("..") != std::string::npos)
+          error(item, at_index("transparent.cgroups", i), "a cgroup path without \"..\" is needed");
+        else
+          c->transparent_cgroups.push_back(item.text);
+      }
+    }
+    if (const Found f = find(tm, "port"); auto v = int_of(f)) {
+      if (*v < 1 || *v > 65535)
+        error(*f.value, "transparent.port", "must be 1 to 65535");
+      else
+        c->transparent_port = static_cast<uint16_t>(*v);
+    }
+    if (const Found f = find(tm, "mark"); auto v = int_of(f)) {
+      if (*v < 1 || *v > 0xffffffffLL)
+        error(*f.value, "transparent.mark", "must be 1 to 4294967295");
+      else
+        c->transparent_mark = static_cast<uint32_t>(*v);
+    }
+    if (const Found f = find(tm, "jobParent"); auto s = str_of(f)) {
+      if (s->empty() || s->find("..") != std::string::npos)
+        error(*f.value, "transparent.jobParent", "a cgroup path without \"..\" is needed");
+      else
+        c->transparent_job_parent = *s;
+    }
+  }
+
   void extract_connect_ports(const Node* pm, Config* c) {
     const Found f = find(pm, "connectPorts");
     if (const Node* l = list_of(f)) {
@@ -1417,6 +1487,8 @@ class Validator {
         c->leaf_cache_size = static_cast<uint32_t>(*v);
     }
     if (auto v = bool_of(find(tls, "fastRecords"))) c->tls_fast_records = *v;
+
+    extract_transparent(map_of(find(top, "transparent")), c);
 
     const Node* t = map_of(find(top, "timeouts"));
     set_duration(find(t, "header"), "timeouts.header", false, &c->header_timeout_s);

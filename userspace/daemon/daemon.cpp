@@ -18,6 +18,7 @@
 #include <random>
 #include <vector>
 
+#include "interception.h"
 #include "shoal/obs/log.h"
 #include "shoal/obs/metrics.h"
 #include "shoal/proxy/runtime.h"
@@ -68,6 +69,7 @@ config::LoadResult load_config(const Options& opts) {
   }
   if (o.metrics_listen) c->metrics_listen = *o.metrics_listen;
   if (o.workers) c->workers = *o.workers;
+  if (o.transparent_mode) c->transparent_mode = *o.transparent_mode;
   if (!c->proxy_listen.is_loopback() && !c->basic_auth && c->white_list.empty()) {
     lr.diags.push_back({"<command line>", 0, 0, "proxy.tcpListen",
                         "listening on non-loopback " + c->proxy_listen.addr +
@@ -136,6 +138,8 @@ struct AdminConn {
   uv_write_t wr{};
   bool answered = false;
   bool denied = false;  // the caller is neither root nor in the admin group
+  int pid = 0;          // the caller, from SO_PEERCRED
+  unsigned uid = 0;
 };
 
 struct MetricsConn {
@@ -171,6 +175,8 @@ class Daemon {
   uv_loop_t loop_{};
   proxy::Shared shared_;
   std::vector<std::unique_ptr<proxy::Worker>> workers_;
+  Interception icpt_;
+  bool transparent_v6_ = false;
   uv_signal_t sig_hup_{}, sig_usr1_{}, sig_term_{}, sig_int_{};
   uv_pipe_t admin_{};
   uv_tcp_t metrics_{};
@@ -204,6 +210,7 @@ int Daemon::run() {
       w->start();
       w->join();
     }
+    icpt_.stop();
     uv_walk(
         &loop_,
         [](uv_handle_t* h, void*) {
@@ -216,6 +223,9 @@ int Daemon::run() {
   }
   uv_run(&loop_, UV_RUN_DEFAULT);
   for (auto& w : workers_) w->join();
+  // Hooks and rules go only once no worker can look an address up.
+  icpt_.stop();
+  uv_run(&loop_, UV_RUN_NOWAIT);
   log_info("shoald stopped").num("uptime_s", static_cast<int64_t>((uv_now(&loop_) - start_ms_) / 1000));
   int r = uv_loop_close(&loop_);
   if (r != 0) log_error("control loop not closed cleanly").str("error", uv_strerror(r));
@@ -283,6 +293,25 @@ int Daemon::setup(std::string* err) {
     int r = workers_.back()->listen(proxy_ep_.addr, proxy_ep_.port, err);
     if (r != 0) return 1;
   }
+  if (!icpt_.setup(*cfg_, shared_, &loop_, err)) return 1;
+  if (icpt_.active()) {
+    config::Endpoint t4{"127.0.0.1", cfg_->transparent_port};
+    if (!port_free(t4, err)) return 1;
+    for (auto& w : workers_)
+      if (w->listen(t4.addr, t4.port, err, true) != 0) return 1;
+    // IPv6 may be off on the host: then only IPv4 jobs are intercepted.
+    std::string e6;
+    transparent_v6_ = true;
+    for (auto& w : workers_) {
+      if (w->listen("::1", cfg_->transparent_port, &e6, true) != 0) {
+        log_warn("transparent listener on ::1 unavailable; IPv6 connects are not intercepted")
+            .str("error", e6);
+        transparent_v6_ = false;
+        break;
+      }
+    }
+    icpt_.attach_configured(*cfg_);
+  }
   if (setup_admin(err) != 0) return 1;
   if (setup_metrics(err) != 0) return 1;
 
@@ -315,12 +344,16 @@ int Daemon::setup(std::string* err) {
       .str("admin", cfg_->admin_socket)
       .num("workers", n)
       .boolean("hijack", cfg_->hijack)
+      .str("transparent", icpt_.mode())
       .str("peer", shared_.peer_id);
+  std::string transparent = icpt_.active() ? "transparent interception " + icpt_.mode() + " on port " +
+                                                 std::to_string(cfg_->transparent_port)
+                                           : "transparent interception off";
   fprintf(stderr,
-          "shoald %s: explicit proxy on %s, metrics on http://%s/metrics, admin socket %s, "
+          "shoald %s: explicit proxy on %s, %s, metrics on http://%s/metrics, admin socket %s, "
           "%d workers, %s, log %s\n",
-          SHOAL_VERSION, endpoint_str(proxy_ep_).c_str(), endpoint_str(cfg_->metrics_listen).c_str(),
-          cfg_->admin_socket.c_str(), n,
+          SHOAL_VERSION, endpoint_str(proxy_ep_).c_str(), transparent.c_str(),
+          endpoint_str(cfg_->metrics_listen).c_str(), cfg_->admin_socket.c_str(), n,
           cfg_->hijack ? "TLS interception on" : "TLS interception off (no hijackHTTPS CA)",
           obs::log_path().c_str());
   return 0;
@@ -378,7 +411,9 @@ int Daemon::setup_admin(std::string* err) {
     if (chown(path.c_str(), 0, g->gr_gid) != 0)
       log_warn("cannot chown admin socket").str("path", path).str("error", strerror(errno));
   }
-  chmod(path.c_str(), admin_gid_known_ ? 0660 : 0600);
+  // Anyone may connect: `shoalctl run` is for every local user; the other
+  // commands check the caller (SO_PEERCRED) themselves.
+  chmod(path.c_str(), 0666);
   return 0;
 }
 
@@ -401,6 +436,8 @@ void Daemon::on_admin_conn(uv_stream_t* server, int status) {
   socklen_t len = sizeof cred;
   bool allowed = false;
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+    c->pid = cred.pid;
+    c->uid = cred.uid;
     allowed = cred.uid == 0 || (d->admin_gid_known_ && cred.gid == d->admin_gid_);
     if (!allowed && d->admin_gid_known_) {
       if (passwd* pw = getpwuid(cred.uid)) {
@@ -413,13 +450,10 @@ void Daemon::on_admin_conn(uv_stream_t* server, int status) {
       }
     }
   }
-  if (!allowed) {
-    // The refusal is the answer to the caller's request line, read first:
-    // closing with the request unread would make the caller's read fail
-    // with ECONNRESET instead of showing the refusal.
-    log_warn("admin connection refused").num("uid", cred.uid);
-    c->denied = true;
-  }
+  // Refused commands are answered after the request line is read: closing
+  // with it unread would make the caller's read fail with ECONNRESET
+  // instead of showing the refusal.
+  if (!allowed) c->denied = true;
   uv_read_start(
       reinterpret_cast<uv_stream_t*>(&c->pipe),
       [](uv_handle_t*, size_t, uv_buf_t* buf) {
@@ -446,13 +480,42 @@ void Daemon::admin_request(AdminConn* c) {
   cJSON* req = cJSON_Parse(line.c_str());
   const cJSON* cmd = req ? cJSON_GetObjectItemCaseSensitive(req, "cmd") : nullptr;
   std::string name = cJSON_IsString(cmd) ? cmd->valuestring : "";
-  if (c->denied) {
+  const cJSON* arg = req ? cJSON_GetObjectItemCaseSensitive(req, "path") : nullptr;
+  std::string path = cJSON_IsString(arg) ? arg->valuestring : "";
+  const cJSON* nm = req ? cJSON_GetObjectItemCaseSensitive(req, "name") : nullptr;
+  std::string job_name = cJSON_IsString(nm) ? nm->valuestring : "";
+  auto answer = [&](bool ok, cJSON* o) {
+    cJSON_AddBoolToObject(o, "ok", ok);
+    char* t = cJSON_PrintUnformatted(o);
+    c->out = t;
+    cJSON_free(t);
+    cJSON_Delete(o);
+  };
+  // `shoalctl run` is for every local user (the daemon moves the caller,
+  // found by SO_PEERCRED, and nothing else); the rest is for the admins.
+  bool open_to_all = name == "run";
+  if (c->denied && !open_to_all) {
+    log_warn("admin command refused").str("cmd", name).num("uid", c->uid);
     c->out = "{\"ok\":false,\"error\":\"permission denied: root or the admin group only\"}";
   } else if (name == "status") {
     c->out = status_json();
   } else if (name == "reload") {
     reload();
     c->out = "{\"ok\":true}";
+  } else if ((name == "attach" || name == "detach") && path.empty()) {
+    c->out = "{\"ok\":false,\"error\":\"" + name + " needs a cgroup path\"}";
+  } else if (name == "attach") {
+    cJSON* o = cJSON_CreateObject();
+    answer(icpt_.attach(path, o), o);
+  } else if (name == "detach") {
+    cJSON* o = cJSON_CreateObject();
+    answer(icpt_.detach(path, o), o);
+  } else if (name == "run") {
+    cJSON* o = cJSON_CreateObject();
+    answer(c->pid > 0 && icpt_.run(c->pid, c->uid, job_name, o), o);
+  } else if (name == "cleanup") {
+    cJSON* o = cJSON_CreateObject();
+    answer(icpt_.cleanup(o), o);
   } else {
     cJSON* o = cJSON_CreateObject();
     cJSON_AddBoolToObject(o, "ok", false);
@@ -482,7 +545,9 @@ std::string Daemon::status_json() {
   cJSON_AddNumberToObject(o, "uptime_s", static_cast<double>(uv_now(&loop_) - start_ms_) / 1000.0);
   cJSON_AddStringToObject(o, "config", rt->cfg->source.c_str());
   cJSON_AddStringToObject(o, "peer", shared_.peer_id.c_str());
-  cJSON_AddStringToObject(o, "mode", "explicit");
+  cJSON_AddStringToObject(
+      o, "mode", icpt_.active() ? ("explicit+transparent (" + icpt_.mode() + ")").c_str() : "explicit");
+  icpt_.status(o);
   cJSON_AddBoolToObject(o, "stopping", stopping_);
   cJSON_AddNumberToObject(o, "workers", static_cast<double>(workers_.size()));
   cJSON_AddBoolToObject(o, "hijack", rt->ca != nullptr);
@@ -496,6 +561,10 @@ std::string Daemon::status_json() {
     cJSON_AddItemToArray(ls, l);
   };
   add_l("proxy", endpoint_str(proxy_ep_));
+  if (icpt_.active()) {
+    add_l("transparent", endpoint_str({"127.0.0.1", cfg_->transparent_port}));
+    if (transparent_v6_) add_l("transparent", endpoint_str({"::1", cfg_->transparent_port}));
+  }
   add_l("metrics", endpoint_str(cfg_->metrics_listen));
   add_l("admin", cfg_->admin_socket);
   cJSON_AddNumberToObject(o, "connections_active", static_cast<double>(shared_.active()));

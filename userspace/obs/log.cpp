@@ -1,6 +1,5 @@
 #include "shoal/obs/log.h"
 
-#include <cjson/cJSON.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -8,7 +7,10 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <deque>
@@ -202,25 +204,70 @@ std::string log_path() {
   return g_dir.empty() ? std::string() : g_dir + "/core.log";
 }
 
+namespace {
+
+// Appends v as a JSON string (quotes included), escaping what RFC 8259
+// requires: quote, backslash and control characters.
+void append_json_string(std::string& out, std::string_view v) {
+  static const char kHex[] = "0123456789abcdef";
+  out += '"';
+  size_t run = 0;  // start of the run of bytes that need no escaping
+  for (size_t i = 0; i < v.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(v[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    out.append(v.data() + run, i - run);
+    run = i + 1;
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        out += "\\u00";
+        out += kHex[c >> 4];
+        out += kHex[c & 15];
+    }
+  }
+  out.append(v.data() + run, v.size() - run);
+  out += '"';
+}
+
+void append_key(std::string& out, const char* key) {
+  out += ',';
+  append_json_string(out, key);
+  out += ':';
+}
+
+}  // namespace
+
 LogLine::LogLine(Level level, std::string_view msg) : level_(level) {
   if (!log_enabled(level)) return;
-  obj_ = cJSON_CreateObject();
-  if (!obj_) return;
   char ts[40];
   timestamp(ts, sizeof ts);
-  cJSON_AddStringToObject(obj_, "level", to_string(level));
-  cJSON_AddStringToObject(obj_, "ts", ts);
-  cJSON_AddStringToObject(obj_, "msg", std::string(msg).c_str());
+  text_.reserve(256);
+  text_ = "{\"level\":";
+  append_json_string(text_, to_string(level));
+  append_key(text_, "ts");
+  append_json_string(text_, ts);
+  append_key(text_, "msg");
+  append_json_string(text_, msg);
 }
 
 LogLine::~LogLine() {
-  if (!obj_) return;
-  char* text = cJSON_PrintUnformatted(obj_);
-  cJSON_Delete(obj_);
-  if (!text) return;
-  std::string line(text);
-  cJSON_free(text);
-  line += '\n';
+  if (text_.empty()) return;
+  std::string line = std::move(text_);
+  line += "}\n";
   // Warnings and errors also reach a foreground terminal; rare, so written
   // directly.
   if (level_ >= Level::Warn && g_stderr_copy.load()) write_all(STDERR_FILENO, line.data(), line.size());
@@ -241,22 +288,39 @@ LogLine::~LogLine() {
 }
 
 LogLine& LogLine::str(const char* key, std::string_view value) {
-  if (obj_) cJSON_AddStringToObject(obj_, key, std::string(value).c_str());
+  if (text_.empty()) return *this;
+  append_key(text_, key);
+  append_json_string(text_, value);
   return *this;
 }
 
 LogLine& LogLine::num(const char* key, int64_t value) {
-  if (obj_) cJSON_AddNumberToObject(obj_, key, static_cast<double>(value));
+  if (text_.empty()) return *this;
+  append_key(text_, key);
+  char buf[24];
+  snprintf(buf, sizeof buf, "%lld", static_cast<long long>(value));
+  text_ += buf;
   return *this;
 }
 
 LogLine& LogLine::dbl(const char* key, double value) {
-  if (obj_) cJSON_AddNumberToObject(obj_, key, value);
+  if (text_.empty()) return *this;
+  append_key(text_, key);
+  if (!std::isfinite(value)) {
+    text_ += "null";  // JSON has no NaN or infinity
+    return *this;
+  }
+  char buf[32];
+  snprintf(buf, sizeof buf, "%.15g", value);
+  if (std::strtod(buf, nullptr) != value) snprintf(buf, sizeof buf, "%.17g", value);
+  text_ += buf;
   return *this;
 }
 
 LogLine& LogLine::boolean(const char* key, bool value) {
-  if (obj_) cJSON_AddBoolToObject(obj_, key, value);
+  if (text_.empty()) return *this;
+  append_key(text_, key);
+  text_ += value ? "true" : "false";
   return *this;
 }
 

@@ -39,6 +39,12 @@ struct Metrics {
   obs::Counter& tls_up_fail = obs::metrics().counter(
       "shoal_tls_handshake_failures_total", "TLS handshakes that failed, by side", "side=\"origin\"");
   obs::Counter& mints = obs::metrics().counter("shoal_leaf_mints_total", "Leaf certificates minted");
+  obs::Counter& transparent = obs::metrics().counter(
+      "shoal_transparent_connections_total", "Connections accepted on the transparent listener, by outcome",
+      "result=\"redirected\"");
+  obs::Counter& transparent_unknown = obs::metrics().counter(
+      "shoal_transparent_connections_total", "Connections accepted on the transparent listener, by outcome",
+      "result=\"no_original_destination\"");
   obs::Histogram& duration = obs::metrics().histogram("shoal_request_duration_seconds",
                                                       "Time from request head to the end of the response");
 };
@@ -50,6 +56,8 @@ Metrics& m() {
 
 constexpr const char kConnectEstablished[] = "HTTP/1.1 200 Connection Established\r\n\r\n";
 constexpr size_t kMaxEarly = 64 * 1024;
+// Bytes of a client's next requests buffered while one is being answered.
+constexpr size_t kMaxPipelined = 64 * 1024;
 
 std::string strip_query(const std::string& path) {
   auto q = path.find('?');
@@ -232,7 +240,8 @@ Conn::~Conn() = default;
 
 uint64_t Conn::now_ms() const { return uv_now(w_.loop()); }
 
-bool Conn::start(uv_stream_t* server) {
+bool Conn::start(uv_stream_t* server, bool transparent) {
+  transparent_ = transparent;
   uv_loop_t* loop = w_.loop();
   uv_tcp_init(loop, &client_.tcp);
   client_.tcp.data = this;
@@ -276,10 +285,78 @@ bool Conn::start(uv_stream_t* server) {
     return true;
   }
   admitted_ = true;
+  if (transparent_) {
+    transparent_begin();
+    if (closing_) return false;
+    update_reads();
+    return true;
+  }
   arm_timer(rt_->cfg->header_timeout_s);
   set_deadline(rt_->cfg->header_timeout_s);
   update_reads();
   return true;
+}
+
+// How long a transparently intercepted client may take to send its
+// ClientHello before its bytes are passed through untouched (a protocol
+// where the server speaks first would otherwise never start).
+constexpr double kPeekHelloSeconds = 2.0;
+
+void Conn::transparent_begin() {
+  connect_start_ms_ = now_ms();
+  redirect::Backend* be = w_.shared().redirect.get();
+  sockaddr_storage peer{};
+  int len = sizeof peer;
+  redirect::OriginalDst od;
+  std::string err = "transparent interception is off";
+  uv_os_fd_t fd = -1;
+  bool ok = be != nullptr && uv_fileno(reinterpret_cast<uv_handle_t*>(&client_.tcp), &fd) == 0 &&
+            uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&peer), &len) == 0 &&
+            be->original_dst(fd, peer, &od, &err);
+  if (!ok) {
+    // Not redirected by Shoal's hooks or rules (e.g. a direct connect to
+    // the listener): there is nowhere to send it.
+    m().transparent_unknown.inc();
+    obs::log_warn("transparent connection without an original destination")
+        .str("client", peer_addr_)
+        .str("error", err);
+    close_all(true);
+    return;
+  }
+  char ip[INET6_ADDRSTRLEN] = "";
+  uint16_t port = 0;
+  if (od.addr.ss_family == AF_INET) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&od.addr);
+    uv_ip4_name(sin, ip, sizeof ip);
+    port = ntohs(sin->sin_port);
+  } else {
+    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&od.addr);
+    uv_ip6_name(sin6, ip, sizeof ip);
+    port = ntohs(sin6->sin6_port);
+  }
+  m().transparent.inc();
+  dial_ip_ = ip;
+  orig_tgid_ = od.tgid;
+  orig_cgroup_ = od.cgroup_id;
+  connect_host_ = dial_ip_;
+  connect_port_ = port;
+  connect_target_ = host_port(connect_host_, port);
+  mode_ = Mode::PeekHello;
+  arm_timer(kPeekHelloSeconds);
+  set_deadline(kPeekHelloSeconds);
+}
+
+// Passes the client's bytes to the original destination untouched.
+void Conn::transparent_splice(const char* why) {
+  obs::log_debug("transparent connection spliced").str("host", connect_target_).str("reason", why);
+  hijacked_ = false;
+  connect_host_ = dial_ip_;
+  connect_target_ = host_port(connect_host_, connect_port_);
+  m().req_tunnel.inc();
+  mode_ = Mode::Dialing;
+  deadline_ms_ = 0;  // arm_timer below restarts the timer
+  get_upstream(connect_host_, connect_port_, false);
+  if (!closing_) arm_timer(rt_->cfg->connect_timeout_s);
 }
 
 void Conn::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
@@ -557,6 +634,10 @@ void Conn::try_peek() {
     else
       return;
   }
+  if (transparent_ && st != tls::PeekStatus::Ok) {
+    transparent_splice(st == tls::PeekStatus::NotTls ? "not TLS" : "not a ClientHello Shoal can read");
+    return;
+  }
   if (st == tls::PeekStatus::NotTls) {
     // Plain bytes through a CONNECT to a hijacked host: nothing to decrypt,
     // so pass them through untouched.
@@ -577,6 +658,21 @@ void Conn::try_peek() {
     return;
   }
   sni_ = info.sni;
+  if (transparent_) {
+    // Dragonfly's rule (host:port, or the bare host) on the name the client
+    // asked for; without SNI, on the address it connected to.
+    std::string name = sni_.empty() ? dial_ip_ : lower(sni_);
+    if (rt_->hijack_index(name, connect_port_, w_.scratch()) < 0) {
+      transparent_splice("not a hijack host");
+      return;
+    }
+    hijacked_ = true;
+    m().req_hijack.inc();
+    connect_host_ = name;
+    connect_target_ = host_port(connect_host_, connect_port_);
+    set_deadline(rt_->cfg->header_timeout_s);  // for the whole TLS handshake
+    arm_timer(rt_->cfg->header_timeout_s);
+  }
   begin_hijack();
 }
 
@@ -862,7 +958,10 @@ Upstream* Conn::get_upstream(const std::string& host, uint16_t port, bool use_tl
   if (up_) up_->release();
   std::shared_ptr<tls::ClientConfig> cfg;
   if (use_tls) cfg = w_.client_config(rt_->trust_for(host, port, w_.scratch()), rt_->cfg->tls_fast_records);
-  up_ = Upstream::open(w_, this, host, port, use_tls, std::move(cfg), resp_handler_.get());
+  // A transparently intercepted connection's own host goes to the address
+  // the client connected to, not to whatever the name resolves to here.
+  const std::string& dial = transparent_ && host == connect_host_ && port == connect_port_ ? dial_ip_ : "";
+  up_ = Upstream::open(w_, this, host, port, use_tls, std::move(cfg), resp_handler_.get(), dial);
   up_->busy_exchange = true;
   if (!up_->fail_reason.empty()) {
     Upstream* u = up_;
@@ -923,7 +1022,7 @@ void Conn::upstream_ready(Upstream* u) {
 void Conn::start_tunnel() {
   mode_ = Mode::Tunnel;
   connect_status_ = 200;
-  if (!hijacked_) {
+  if (!hijacked_ && !transparent_) {
     // For a plain tunnel the 200 waits for the origin, so a client learns
     // of an unreachable host from a 502 and not from a dead tunnel.
     append(client_.queue, kConnectEstablished, sizeof kConnectEstablished - 1);
@@ -1170,6 +1269,14 @@ void Conn::fail_exchange(int status, const std::string& why) {
 
 void Conn::respond_error(int status, const std::string& msg, const std::vector<http::Header>& extra) {
   if (closing_) return;
+  if (transparent_ && mode_ != Mode::HttpTls) {
+    // The client spoke TLS (or its own protocol) to its origin, not HTTP to
+    // a proxy: a reset is the only honest answer; the log says why.
+    connect_status_ = status;
+    if (connect_error_.empty()) connect_error_ = msg;
+    close_all(true);
+    return;
+  }
   m().errors.inc();
   if (ex_.active) {
     ex_.status = status;
@@ -1280,14 +1387,20 @@ void Conn::update_reads() {
   bool up_ready = up_ && up_->st == Upstream::St::Ready;
   switch (mode_) {
     case Mode::Http:
-    case Mode::HttpTls:
-      want_client = !close_after_flush_ && !client_.eof && !req_parser_->paused() &&
-                    !(ex_.active && ex_.req_done) && !after_exchange_pending_;
-      if (want_client && ex_.active && up_) {
+    case Mode::HttpTls: {
+      // While a request is answered, the client's next bytes (a pipelined
+      // request, or a close) are buffered up to a bound rather than
+      // left in the kernel: stopping and restarting the read would cost two
+      // epoll_ctl calls per keep-alive request.
+      bool waiting = req_parser_->paused() || (ex_.active && ex_.req_done) || after_exchange_pending_;
+      size_t buffered = client_pending_.size() + (client_.tls ? client_.tls->pending_input() : 0);
+      want_client = !close_after_flush_ && !client_.eof && (!waiting || buffered < kMaxPipelined);
+      if (want_client && ex_.active && !ex_.req_done && up_) {
         // A request body is flowing: read only what the origin can take.
         want_client = up_ready ? !up_->side.busy() : up_->early.size() < kMaxEarly;
       }
       break;
+    }
     case Mode::PeekHello:
     case Mode::Handshake:
       want_client = !client_.eof && !close_after_flush_;
@@ -1364,6 +1477,14 @@ void Conn::on_timer(uv_timer_t* t) {
         c->graceful_close();
       }
       break;
+    case Mode::PeekHello:
+      if (c->transparent_) {
+        c->transparent_splice("no ClientHello within 2 s");
+        break;
+      }
+      c->connect_error_ = "TLS handshake not done within timeouts.header";
+      c->close_all(false);
+      break;
     case Mode::Dialing:
       if (c->hijacked_) {
         c->close_all(true);
@@ -1407,12 +1528,14 @@ void Conn::close_all(bool reset) {
     auto line = obs::log_info("connect");
     line.str("host", connect_target_)
         .str("route", hijacked_ ? "hijack" : "tunnel")
+        .str("via", transparent_ ? "transparent" : "connect")
         .num("status", connect_status_)
         .num("bytes_up", static_cast<int64_t>(client_.bytes_in))
         .num("bytes_down", static_cast<int64_t>(client_.bytes_out))
         .num("duration_ms", static_cast<int64_t>(now_ms() - connect_start_ms_))
         .str("client", peer_addr_);
     if (!sni_.empty()) line.str("sni", sni_);
+    if (orig_tgid_ != 0) line.num("tgid", orig_tgid_).num("cgroup_id", static_cast<int64_t>(orig_cgroup_));
     if (client_.tls && client_.tls->handshake_done())
       line.str("cipher", client_.tls->ciphersuite()).str("records", client_.tls->record_layer_name());
     if (!connect_error_.empty()) line.str("error", connect_error_);

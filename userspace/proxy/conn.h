@@ -1,5 +1,6 @@
-// Conn: one client connection on the explicit proxy listener, from accept to
-// the last close callback. Internal to the proxy module.
+// Conn: one client connection on the explicit proxy listener or the
+// transparent one, from accept to the last close callback. Internal to the
+// proxy module.
 //
 //            accept
 //              │
@@ -12,6 +13,10 @@
 //   │                               Minting (leaf cache miss, thread pool)
 //   │                                                ▼
 //   │                               Handshake ──► HttpTls (decrypted HTTP/1.1)
+//   │ transparent accept: original destination from the redirect backend,
+//   │   then PeekHello (2 s): SNI:port (or the address) a hijack host ──►
+//   │   Minting/Handshake as above; anything else ──► Dialing the original
+//   │   address ──► Tunnel (never a re-resolution of the SNI)
 //   │ absolute-URI or /v2/… request (both Http and HttpTls):
 //   └─► exchange: rule → route (direct | p2p) → upstream (reused per
 //       host:port:tls) → request head/body up, response back, then the next
@@ -53,8 +58,9 @@ class Conn : public http::Handler, public UpstreamOwner {
 
   Conn(Worker& w, std::shared_ptr<const Runtime> rt);
   ~Conn() override;
-  // Takes the accepted socket; returns false (and the Conn frees itself) on failure.
-  bool start(uv_stream_t* server);
+  // Takes the accepted socket; returns false (and the Conn frees itself) on
+  // failure. transparent: accepted on the transparent listener.
+  bool start(uv_stream_t* server, bool transparent);
   void drain();          // daemon stops: close when idle, no more keep-alive
   void abort();          // reset now
   Conn* next = nullptr;  // Worker's intrusive list
@@ -157,7 +163,9 @@ class Conn : public http::Handler, public UpstreamOwner {
     uint64_t end = 0;  // one past the last byte to send (the range's end)
     bool head_sent = false, reading = false;
     uint64_t sub = 0;
-    std::vector<char> buf;
+    // File reads land here; allocated on the first read, uninitialized
+    // (a store hit served from memory never needs it).
+    std::unique_ptr<char[]> buf;
     uv_fs_t req{};
     task::ActiveTask::Headers headers;
     std::string id;
@@ -172,6 +180,8 @@ class Conn : public http::Handler, public UpstreamOwner {
   void drain_client_tls();
   void client_eof();
   void handle_connect_target();
+  void transparent_begin();
+  void transparent_splice(const char* why);
   void try_peek();
   void begin_hijack();
   void start_handshake(std::shared_ptr<const tls::Leaf> leaf);
@@ -263,6 +273,12 @@ class Conn : public http::Handler, public UpstreamOwner {
   std::string connect_target_;
   std::string sni_;
   std::string mint_key_;  // set while waiting in Worker's mint-waiter list
+  // Transparent interception: the connection's original destination (an
+  // IP literal), where every origin connection for connect_host_ goes.
+  bool transparent_ = false;
+  std::string dial_ip_;
+  uint32_t orig_tgid_ = 0;
+  uint64_t orig_cgroup_ = 0;
   double timeout_s_ = 0;
   uint64_t last_activity_ms_ = 0;
   // timeouts.header as a deadline that activity does not push back: a

@@ -249,7 +249,6 @@ bool Conn::parse_range(const std::string& value) {
 
 void Conn::serve_begin() {
   serve_.active = true;
-  serve_.buf.resize(kServeChunk);
   if (serve_.task) {
     std::weak_ptr<int> alive = alive_;
     Worker* w = &w_;
@@ -262,7 +261,7 @@ void Conn::serve_begin() {
   // Never synchronously: start_task runs inside the request parser's
   // callback, and finishing an exchange resumes that parser.
   std::weak_ptr<int> alive = alive_;
-  w_.post([alive, this] {
+  w_.defer([alive, this] {
     if (alive.lock()) serve_pump();
   });
 }
@@ -311,6 +310,9 @@ void Conn::serve_pump() {
     return;
   }
   touch();
+  // The response head goes out with the first body bytes when they are at
+  // hand (a small object from memory: one write, one TLS record).
+  std::string head;
   if (!serve_.head_sent) {
     if (serve_.task) {
       serve_.length = v.length;
@@ -350,17 +352,21 @@ void Conn::serve_pump() {
     hs.push_back({"Content-Length", std::to_string(serve_.end - serve_.offset)});
     hs.push_back({"Accept-Ranges", "bytes"});
     if (!ex_.client_keep_alive) hs.push_back({"Connection", "close"});
-    std::string head = http::serialize_response_head(status, status == 206 ? "Partial Content" : "OK", hs);
-    send_client(head.data(), head.size());
+    head = http::serialize_response_head(status, status == 206 ? "Partial Content" : "OK", hs);
     serve_.head_sent = true;
     ex_.resp_head_sent = true;
     ex_.status = status;
   }
-  if (serve_.reading || client_.busy() || closing_) return;
+  if (serve_.reading || client_.busy() || closing_) {
+    if (!head.empty()) send_client(head.data(), head.size());
+    return;
+  }
   // Until the object is verified, the last byte a client asked for waits:
   // no response completes on unverified bytes.
   uint64_t limit = v.readable < serve_.end ? v.readable : serve_.end;
   if (drain_ && tee_ && serve_.offset >= limit) {
+    if (!head.empty()) send_client(head.data(), head.size());
+    if (closing_) return;
     drain_pump();
     return;
   }
@@ -371,14 +377,21 @@ void Conn::serve_pump() {
     serve_.offset += n;
     ex_.resp_bytes += n;
     tm().bytes_local.inc(n);
-    send_client(p, n);
+    head.append(p, n);
+    send_client(head.data(), head.size());
+    head.clear();
+    if (closing_) return;
+  }
+  if (!head.empty()) {
+    send_client(head.data(), head.size());
     if (closing_) return;
   }
   if (serve_.offset < limit) {
     uint64_t n = limit - serve_.offset;
     if (n > kServeChunk) n = kServeChunk;
     int fd = serve_.task ? serve_.task->fd() : serve_.fd;
-    uv_buf_t b = uv_buf_init(serve_.buf.data(), static_cast<unsigned>(n));
+    if (!serve_.buf) serve_.buf.reset(new char[kServeChunk]);
+    uv_buf_t b = uv_buf_init(serve_.buf.get(), static_cast<unsigned>(n));
     serve_.req.data = this;
     serve_.reading = true;
     pending_jobs_++;
@@ -408,11 +421,11 @@ void Conn::serve_pump() {
           if (c->ex_.source == "store" && c->serve_.offset == 0 && k == c->serve_.length &&
               k <= task::SmallCache::kMaxObject)
             c->w_.shared().engine->small().put(c->serve_.id,
-                                               std::make_shared<const std::string>(c->serve_.buf.data(), k));
+                                               std::make_shared<const std::string>(c->serve_.buf.get(), k));
           c->serve_.offset += k;
           c->ex_.resp_bytes += k;
           (c->ex_.source == "origin" ? tm().bytes_origin : tm().bytes_local).inc(k);
-          c->send_client(c->serve_.buf.data(), k);
+          c->send_client(c->serve_.buf.get(), k);
           c->serve_pump();
         });
     if (r != 0) {
@@ -517,8 +530,8 @@ void Conn::tee_streaming(const http::MessageHead& head) {
   tee_->piece_size = task::piece_size_for(tee_->length);
   tee_->whole = EVP_MD_CTX_new();
   tee_->piece = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(md(tee_->whole), EVP_sha256(), nullptr);
-  EVP_DigestInit_ex(md(tee_->piece), EVP_sha256(), nullptr);
+  EVP_DigestInit_ex(md(tee_->whole), task::sha256_md(), nullptr);
+  EVP_DigestInit_ex(md(tee_->piece), task::sha256_md(), nullptr);
   for (auto& h : head.headers)
     if (kept_header(h.name)) tee_->headers.emplace_back(h.name, h.value);
   tee_->task->set_streaming(tee_->length, tee_->headers, fd);
@@ -659,7 +672,7 @@ void Conn::tee_kick() {
               task::Sha256 d{};
               EVP_DigestFinal_ex(md(t->piece), d.data(), nullptr);
               t->pieces.push_back(d);
-              EVP_DigestInit_ex(md(t->piece), EVP_sha256(), nullptr);
+              EVP_DigestInit_ex(md(t->piece), task::sha256_md(), nullptr);
               t->piece_fill = 0;
             }
           }

@@ -3,6 +3,9 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <cerrno>
+#include <cstring>
+
 namespace shoal::proxy {
 
 void append(std::vector<char>& v, const char* p, size_t n) { v.insert(v.end(), p, p + n); }
@@ -127,7 +130,7 @@ void on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res) {
 
 Upstream* Upstream::open(Worker& w, UpstreamOwner* owner, const std::string& host, uint16_t port,
                          bool use_tls, std::shared_ptr<tls::ClientConfig> tls_cfg,
-                         http::Handler* response_handler) {
+                         http::Handler* response_handler, const std::string& dial) {
   auto* u = new Upstream;
   u->owner = owner;
   u->w = &w;
@@ -139,9 +142,10 @@ Upstream* Upstream::open(Worker& w, UpstreamOwner* owner, const std::string& hos
   u->opening = true;
   sockaddr_in6 a6{};
   sockaddr_in a4{};
-  if (uv_ip4_addr(host.c_str(), port, &a4) == 0) {
+  const std::string& addr = dial.empty() ? host : dial;
+  if (uv_ip4_addr(addr.c_str(), port, &a4) == 0) {
     u->connect_addr(reinterpret_cast<sockaddr*>(&a4));
-  } else if (uv_ip6_addr(host.c_str(), port, &a6) == 0) {
+  } else if (uv_ip6_addr(addr.c_str(), port, &a6) == 0) {
     u->connect_addr(reinterpret_cast<sockaddr*>(&a6));
   } else {
     addrinfo hints{};
@@ -169,13 +173,22 @@ void Upstream::fail(const std::string& why) {
 }
 
 void Upstream::connect_addr(const sockaddr* sa) {
-  int r = uv_tcp_init(w->loop(), &side.tcp);
+  int r = uv_tcp_init_ex(w->loop(), &side.tcp, sa->sa_family);
   if (r != 0) {
     fail(std::string("socket: ") + uv_strerror(r));
     return;
   }
   side.inited = true;
   side.tcp.data = this;
+  if (uint32_t mark = w->shared().mark) {
+    // Shoal's own connections must never be redirected back to itself.
+    uv_os_fd_t fd;
+    uv_fileno(reinterpret_cast<uv_handle_t*>(&side.tcp), &fd);
+    if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0) {
+      fail(std::string("setsockopt(SO_MARK): ") + strerror(errno));
+      return;
+    }
+  }
   uv_tcp_nodelay(&side.tcp, 1);
   creq.data = this;
   st = St::Connecting;

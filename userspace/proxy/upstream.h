@@ -69,8 +69,12 @@ struct Upstream {
   // Starts resolving/connecting; never returns null. A failure found before
   // open() returns is left in fail_reason (the caller must check it and
   // release); later ones reach owner->upstream_failed().
+  // dial: an IP literal to connect to instead of resolving host (the
+  // original destination of a transparently intercepted connection: TLS
+  // still verifies host).
   static Upstream* open(Worker& w, UpstreamOwner* owner, const std::string& host, uint16_t port, bool use_tls,
-                        std::shared_ptr<tls::ClientConfig> tls_cfg, http::Handler* response_handler);
+                        std::shared_ptr<tls::ClientConfig> tls_cfg, http::Handler* response_handler,
+                        const std::string& dial = "");
 
   // Queues plaintext for the origin (buffered until Ready) and flushes.
   void send(const char* data, size_t n);

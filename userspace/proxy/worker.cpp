@@ -48,13 +48,15 @@ Worker::Worker(Shared& shared, int index)
   uv_loop_init(&loop_);
   uv_async_init(&loop_, &async_, on_async);
   async_.data = this;
+  uv_idle_init(&loop_, &defer_idle_);
+  defer_idle_.data = this;
 }
 
 Worker::~Worker() {
   for (auto* t : listeners_) delete t;
 }
 
-int Worker::listen(const std::string& addr, uint16_t port, std::string* err) {
+int Worker::listen(const std::string& addr, uint16_t port, std::string* err, bool transparent) {
   sockaddr_storage ss{};
   int family = AF_INET;
   if (uv_ip4_addr(addr.c_str(), port, reinterpret_cast<sockaddr_in*>(&ss)) != 0) {
@@ -79,7 +81,9 @@ int Worker::listen(const std::string& addr, uint16_t port, std::string* err) {
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
   r = uv_tcp_bind(t, reinterpret_cast<sockaddr*>(&ss), 0);
-  if (r == 0) r = uv_listen(reinterpret_cast<uv_stream_t*>(t), 1024, on_connection);
+  if (r == 0)
+    r = uv_listen(reinterpret_cast<uv_stream_t*>(t), 1024,
+                  transparent ? on_transparent_connection : on_connection);
   if (r != 0) {
     *err = "cannot listen on " + addr + ":" + std::to_string(port) + ": " + uv_strerror(r);
     uv_close(reinterpret_cast<uv_handle_t*>(t),
@@ -109,6 +113,20 @@ void Worker::post(std::function<void()> fn) {
   if (async_closed_) return;
   posted_.push_back(std::move(fn));
   uv_async_send(&async_);
+}
+
+void Worker::defer(std::function<void()> fn) {
+  // An active idle handle makes the loop poll without blocking, so the
+  // queue runs on the next iteration.
+  if (deferred_.empty())
+    uv_idle_start(&defer_idle_, [](uv_idle_t* h) {
+      auto* w = static_cast<Worker*>(h->data);
+      std::vector<std::function<void()>> fns;
+      fns.swap(w->deferred_);
+      uv_idle_stop(h);
+      for (auto& f : fns) f();
+    });
+  deferred_.push_back(std::move(fn));
 }
 
 void Worker::on_async(uv_async_t* a) {
@@ -156,6 +174,10 @@ void Worker::maybe_finish() {
   if (async_closed_) return;
   async_closed_ = true;
   uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+  // Deferred calls left belong to connections that are gone (they hold
+  // weak references and would do nothing).
+  deferred_.clear();
+  uv_close(reinterpret_cast<uv_handle_t*>(&defer_idle_), nullptr);
   // Every connection is gone. A DNS lookup still running in the thread pool
   // (a slow resolver can take many seconds) must not hold the stop: its
   // callback only frees a detached Upstream.
@@ -169,7 +191,17 @@ void Worker::on_connection(uv_stream_t* server, int status) {
     return;
   }
   auto* c = new Conn(*w, w->runtime());
-  c->start(server);
+  c->start(server, false);
+}
+
+void Worker::on_transparent_connection(uv_stream_t* server, int status) {
+  auto* w = static_cast<Worker*>(server->data);
+  if (status < 0) {
+    obs::log_warn("accept failed").str("listener", "transparent").str("error", uv_strerror(status));
+    return;
+  }
+  auto* c = new Conn(*w, w->runtime());
+  c->start(server, true);
 }
 
 std::shared_ptr<const Runtime> Worker::runtime() {

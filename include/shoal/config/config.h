@@ -110,6 +110,15 @@ struct Config {
   std::string trust_store = "/etc/ssl/certs/ca-certificates.crt";
   uint32_t leaf_cache_size = 1024;
   bool tls_fast_records = true;  // tls.fastRecords
+
+  // Transparent interception (transparent.*).
+  enum class TransparentMode { Auto, Ebpf, Iptables, Off };
+  TransparentMode transparent_mode = TransparentMode::Auto;
+  std::vector<uint16_t> transparent_ports{443};
+  std::vector<std::string> transparent_cgroups;  // as written: absolute, or relative to the cgroup2 mount
+  uint16_t transparent_port = 65003;             // listener on 127.0.0.1 and ::1
+  uint32_t transparent_mark = 0x5348;            // SO_MARK on Shoal's own outbound sockets
+  std::string transparent_job_parent = "shoal.jobs";  // shoalctl run's cgroups go below this
   double header_timeout_s = 30.0;
   double idle_timeout_s = 300.0;
   double connect_timeout_s = 10.0;

@@ -18,6 +18,7 @@ struct Overrides {
   std::optional<std::string> data_dir, log_dir, admin_socket;
   std::optional<config::Endpoint> proxy_listen, metrics_listen;
   std::optional<int> workers;
+  std::optional<config::Config::TransparentMode> transparent_mode;
 };
 
 struct Options {

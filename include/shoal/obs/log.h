@@ -1,4 +1,4 @@
-// JSON-line logging (cJSON) to <log-dir>/core.log, one object per line, in
+// JSON-line logging to <log-dir>/core.log, one object per line, in
 // the shape Dragonfly's core.log has ("level", "ts", "msg", then fields), so
 // `grep "peer task done"` and jq work on it. Thread-safe: every thread may
 // log. Lines are queued and written by one writer thread in batches, so an
@@ -10,8 +10,6 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
-
-struct cJSON;
 
 namespace shoal::obs {
 
@@ -46,7 +44,10 @@ class LogLine {
   LogLine& boolean(const char* key, bool value);
 
  private:
-  cJSON* obj_ = nullptr;
+  // The line so far, without its closing brace; empty when the level is
+  // off. Written directly rather than through cJSON's tree, which costs
+  // several allocations per field on every request.
+  std::string text_;
   Level level_;
 };
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "shoal/proxy/runtime.h"
+#include "shoal/redirect/redirect.h"
 #include "shoal/rules/rules.h"
 #include "shoal/task/engine.h"
 #include "shoal/tls/session.h"
@@ -33,13 +34,18 @@ class Worker {
   Worker& operator=(const Worker&) = delete;
 
   // Binds the listener on the calling thread (so bind errors reach start-up)
-  // and returns 0, or a negative libuv error with *err set.
-  int listen(const std::string& addr, uint16_t port, std::string* err);
+  // and returns 0, or a negative libuv error with *err set. A transparent
+  // listener's connections were redirected by the kernel: their target is
+  // the original destination, not a CONNECT.
+  int listen(const std::string& addr, uint16_t port, std::string* err, bool transparent = false);
   void start();  // runs the loop on a new thread
   void join();
 
   // Thread-safe requests, executed on the worker's loop.
   void post(std::function<void()> fn);
+  // Loop-thread only: runs fn on a later iteration of this loop, before it
+  // next waits for I/O. No lock and no syscall, unlike post().
+  void defer(std::function<void()> fn);
   void stop_accepting();  // close listeners; idle connections close, busy ones finish
   void abort_all();       // reset every connection that is left
 
@@ -77,6 +83,7 @@ class Worker {
  private:
   static void on_async(uv_async_t* a);
   static void on_connection(uv_stream_t* server, int status);
+  static void on_transparent_connection(uv_stream_t* server, int status);
 
   Shared& shared_;
   int index_;
@@ -86,6 +93,8 @@ class Worker {
   std::thread thread_;
   std::mutex post_mu_;
   std::vector<std::function<void()>> posted_;
+  uv_idle_t defer_idle_{};
+  std::vector<std::function<void()>> deferred_;
   rules::Scratch scratch_;
   uint64_t scratch_gen_ = 0;
   std::shared_ptr<const Runtime> rt_;
@@ -117,6 +126,12 @@ class Shared {
   void release();
   int64_t active() const { return active_.load(); }
   std::string peer_id;
+  // Transparent interception: the backend that redirects attached cgroups
+  // (null when transparent.mode is off or no backend works here), and the
+  // SO_MARK every socket Shoal opens carries so no hook redirects it (0:
+  // none). Set before the workers start; the backend locks internally.
+  std::unique_ptr<redirect::Backend> redirect;
+  uint32_t mark = 0;
   // The task engine; null when the data directory could not be opened (then
   // p2p-routed requests are forwarded to the origin and a warning says why).
   std::unique_ptr<task::Engine> engine;

@@ -9,6 +9,8 @@
 #include <string>
 #include <string_view>
 
+struct evp_md_st;  // OpenSSL's EVP_MD
+
 namespace shoal::task {
 
 // The 64-hex SHA-256 digest a path names, or "":
@@ -33,5 +35,10 @@ std::string task_id_for(std::string_view url, std::string_view filter, bool* by_
 
 // Lower-case hex of the SHA-256 of data (OpenSSL libcrypto).
 std::string sha256_hex(std::string_view data);
+
+// OpenSSL 3's SHA-256, fetched once: EVP_sha256() makes every digest
+// initialization look the algorithm up again (a lock and string compares).
+// Thread-safe; never null.
+const ::evp_md_st* sha256_md();
 
 }  // namespace shoal::task

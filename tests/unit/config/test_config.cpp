@@ -619,6 +619,30 @@ void test_shoal_keys(void**) {
   expect_diag(load("workers: -1\n"), "workers", 1, 10, "0 (one per CPU) to 1024");
   expect_diag(load("tls:\n  leafCacheSize: 0\n"), "tls.leafCacheSize", 2, 18, "1 to 1000000");
   expect_diag(load("tls:\n  fastRecords: sometimes\n"), "tls.fastRecords", 2, 16, "");
+  expect_diag(load("transparent:\n  mode: magic\n"), "transparent.mode", 2, 9, "auto, ebpf, iptables or off");
+  expect_diag(load("transparent:\n  ports: []\n"), "transparent.ports", 2, 10, "at least one port");
+  expect_diag(load("transparent:\n  cgroups: [a/../b]\n"), "transparent.cgroups[0]", 2, 13, "without");
+  expect_diag(load("transparent:\n  port: 70000\n"), "transparent.port", 2, 9, "1 to 65535");
+}
+
+void test_transparent(void**) {
+  const LoadResult r = load(
+      "transparent:\n  mode: iptables\n  ports: [443, 8443]\n  cgroups: [/sys/fs/cgroup/jobs, slurm]\n"
+      "  port: 65010\n  mark: 0x10\n  jobParent: shoal/jobs\n");
+  expect_clean(r);
+  const Config& c = *r.config;
+  assert_int_equal(static_cast<int>(c.transparent_mode), static_cast<int>(Config::TransparentMode::Iptables));
+  assert_int_equal(c.transparent_ports.size(), 2);
+  assert_int_equal(c.transparent_ports[1], 8443);
+  assert_int_equal(c.transparent_cgroups.size(), 2);
+  assert_string_equal(c.transparent_cgroups[1].c_str(), "slurm");
+  assert_int_equal(c.transparent_port, 65010);
+  assert_int_equal(c.transparent_mark, 16);
+  assert_string_equal(c.transparent_job_parent.c_str(), "shoal/jobs");
+  const Config d;
+  assert_int_equal(static_cast<int>(d.transparent_mode), static_cast<int>(Config::TransparentMode::Auto));
+  assert_int_equal(d.transparent_ports.size(), 1);
+  assert_int_equal(d.transparent_port, 65003);
 }
 
 void test_mirror_url(void**) {
@@ -773,6 +797,7 @@ int main() {
       cmocka_unit_test(test_white_list),
       cmocka_unit_test(test_durations),
       cmocka_unit_test(test_relative_paths),
+      cmocka_unit_test(test_transparent),
       cmocka_unit_test(test_many_errors_at_once),
       cmocka_unit_test(test_yaml_syntax_error),
       cmocka_unit_test(test_alias_bombs),

@@ -2,6 +2,7 @@
 #include <cjson/cJSON.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -39,9 +40,23 @@ void test_log_lines_are_json(void**) {
   shoal::obs::log_info("peer task done, cost: 12ms").str("peer", "p1").str("task", "t\"1").num("size", 42);
   shoal::obs::log_debug("hidden").str("x", "y");
   shoal::obs::log_warn("careful").boolean("flag", true).dbl("ratio", 0.5);
+  // Every byte a client may put in a path or header round-trips.
+  std::string nasty = "q\"b\\s/\n\r\t\x01\x1f\x7f caf\xc3\xa9";
+  shoal::obs::log_info("odd")
+      .str("path", nasty)
+      .num("neg", -9007199254740993LL)
+      .dbl("tenth", 0.1)
+      .dbl("nan", std::nan(""));
   shoal::obs::log_flush();
   auto lines = read_lines(dir + "/logs/core.log");
-  assert_int_equal(lines.size(), 2);
+  assert_int_equal(lines.size(), 3);
+  cJSON* odd = cJSON_Parse(lines[2].c_str());
+  assert_non_null(odd);
+  assert_string_equal(cJSON_GetObjectItem(odd, "path")->valuestring, nasty.c_str());
+  assert_non_null(strstr(lines[2].c_str(), "\"neg\":-9007199254740993"));
+  assert_true(cJSON_GetObjectItem(odd, "tenth")->valuedouble == 0.1);
+  assert_true(cJSON_IsNull(cJSON_GetObjectItem(odd, "nan")));
+  cJSON_Delete(odd);
   cJSON* o = cJSON_Parse(lines[0].c_str());
   assert_non_null(o);
   assert_string_equal(cJSON_GetObjectItem(o, "msg")->valuestring, "peer task done, cost: 12ms");
