@@ -125,6 +125,16 @@ bool Interception::setup(const config::Config& cfg, proxy::Shared& shared, uv_lo
   }
   mode_ = be->name();
   if (!ebpf_why.empty()) why_ = "eBPF: " + ebpf_why;
+  if (mode_ == "ebpf") {
+    // Rules a killed iptables-mode daemon left would still send jobs to the
+    // listener, where no map entry explains them.
+    std::string cerr;
+    int stale = redirect::cleanup_iptables(&cerr);
+    if (stale > 0)
+      log_warn("removed stale Shoal iptables rules").num("chains", stale);
+    else if (stale < 0)
+      log_warn("cannot check for stale Shoal iptables rules").str("error", cerr);
+  }
   auto line = log_info("transparent interception ready");
   line.str("mode", mode_).str("cgroup2", mount_).num("port", cfg.transparent_port);
   if (!why_.empty()) line.str("fallback_reason", why_);

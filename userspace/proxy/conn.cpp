@@ -10,6 +10,7 @@
 
 #include "shoal/obs/log.h"
 #include "shoal/obs/metrics.h"
+#include "shoal/util/sockaddr.h"
 
 namespace shoal::proxy {
 namespace {
@@ -261,18 +262,8 @@ bool Conn::start(uv_stream_t* server, bool transparent) {
   uv_tcp_nodelay(&client_.tcp, 1);
   sockaddr_storage ss{};
   int len = sizeof ss;
-  if (uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
-    char ip[INET6_ADDRSTRLEN] = "";
-    if (ss.ss_family == AF_INET) {
-      auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
-      uv_ip4_name(sin, ip, sizeof ip);
-      peer_addr_ = std::string(ip) + ":" + std::to_string(ntohs(sin->sin_port));
-    } else if (ss.ss_family == AF_INET6) {
-      auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
-      uv_ip6_name(sin6, ip, sizeof ip);
-      peer_addr_ = "[" + std::string(ip) + "]:" + std::to_string(ntohs(sin6->sin6_port));
-    }
-  }
+  if (uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&ss), &len) == 0)
+    peer_addr_ = util::sockaddr_str(ss);
   if (!w_.shared().admit(rt_->cfg->max_concurrency)) {
     m().rejected.inc();
     obs::log_warn("connection refused")
@@ -323,19 +314,9 @@ void Conn::transparent_begin() {
     close_all(true);
     return;
   }
-  char ip[INET6_ADDRSTRLEN] = "";
-  uint16_t port = 0;
-  if (od.addr.ss_family == AF_INET) {
-    auto* sin = reinterpret_cast<sockaddr_in*>(&od.addr);
-    uv_ip4_name(sin, ip, sizeof ip);
-    port = ntohs(sin->sin_port);
-  } else {
-    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&od.addr);
-    uv_ip6_name(sin6, ip, sizeof ip);
-    port = ntohs(sin6->sin6_port);
-  }
+  const uint16_t port = util::sockaddr_port(od.addr);
   m().transparent.inc();
-  dial_ip_ = ip;
+  dial_ip_ = util::sockaddr_ip(od.addr);
   orig_tgid_ = od.tgid;
   orig_cgroup_ = od.cgroup_id;
   connect_host_ = dial_ip_;
@@ -667,6 +648,7 @@ void Conn::try_peek() {
       return;
     }
     hijacked_ = true;
+    connect_status_ = 200;  // as a hijacked CONNECT's: interception began
     m().req_hijack.inc();
     connect_host_ = name;
     connect_target_ = host_port(connect_host_, connect_port_);

@@ -36,6 +36,7 @@
 
 #include "shoal/bpf_abi.h"
 #include "shoal/redirect/redirect.h"
+#include "shoal/util/sockaddr.h"
 #include "shoal_redirect.skel.h"
 
 // The layout the BPF side was compiled against (bpf_abi.h is plain C, so the
@@ -130,23 +131,6 @@ class LibbpfCapture {
 };
 
 // --- addresses -------------------------------------------------------------
-
-std::string addr_str(const sockaddr_storage& ss) {
-  char ip[INET6_ADDRSTRLEN] = "?";
-  if (ss.ss_family == AF_INET) {
-    sockaddr_in sin;
-    std::memcpy(&sin, &ss, sizeof sin);
-    inet_ntop(AF_INET, &sin.sin_addr, ip, sizeof ip);
-    return std::string(ip) + ":" + std::to_string(ntohs(sin.sin_port));
-  }
-  if (ss.ss_family == AF_INET6) {
-    sockaddr_in6 sin6;
-    std::memcpy(&sin6, &ss, sizeof sin6);
-    inet_ntop(AF_INET6, &sin6.sin6_addr, ip, sizeof ip);
-    return "[" + std::string(ip) + "]:" + std::to_string(ntohs(sin6.sin6_port));
-  }
-  return "(family " + std::to_string(ss.ss_family) + ")";
-}
 
 bool is_v4mapped(const uint32_t addr[4]) { return addr[0] == 0 && addr[1] == 0 && addr[2] == htonl(0xffff); }
 
@@ -274,7 +258,7 @@ class EbpfBackend final : public Backend {
       std::memcpy(key.addr, &sin6.sin6_addr, sizeof key.addr);
       key.port = sin6.sin6_port;
     } else {
-      *err = "original destination of " + addr_str(peer) + ": not an IP peer";
+      *err = "original destination of " + util::sockaddr_str(peer) + ": not an IP peer";
       return false;
     }
     key.listen_port = htons(listen_port_);
@@ -282,13 +266,14 @@ class EbpfBackend final : public Backend {
     if (bpf_map_lookup_and_delete_elem(conns_fd_, &key, &v) != 0) {
       int e = errno;
       if (e == ENOENT)
-        *err = "no original destination for peer " + addr_str(peer) + " (not redirected)";
+        *err = "no original destination for peer " + util::sockaddr_str(peer) + " (not redirected)";
       else
-        *err = "shoal_conns lookup for peer " + addr_str(peer) + ": " + errno_str(e);
+        *err = "shoal_conns lookup for peer " + util::sockaddr_str(peer) + ": " + errno_str(e);
       return false;
     }
     if (!to_sockaddr(v, &out->addr)) {
-      *err = "original destination of peer " + addr_str(peer) + ": bad family " + std::to_string(v.family);
+      *err = "original destination of peer " + util::sockaddr_str(peer) + ": bad family " +
+             std::to_string(v.family);
       return false;
     }
     out->tgid = v.tgid;

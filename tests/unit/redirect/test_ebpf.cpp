@@ -30,6 +30,7 @@
 #include "../cmocka_cpp.h"
 #include "redirect_test.h"
 #include "shoal/redirect/redirect.h"
+#include "shoal/util/sockaddr.h"
 
 namespace shoal::redirect::test {
 
@@ -93,27 +94,11 @@ socklen_t len_of(const sockaddr_storage& ss) {
 const sockaddr* sa(const sockaddr_storage& ss) { return reinterpret_cast<const sockaddr*>(&ss); }
 sockaddr* sa(sockaddr_storage* ss) { return reinterpret_cast<sockaddr*>(ss); }
 
-std::string str(const sockaddr_storage& ss) {
-  char ip[INET6_ADDRSTRLEN] = "?";
-  if (ss.ss_family == AF_INET) {
-    sockaddr_in sin;
-    std::memcpy(&sin, &ss, sizeof sin);
-    inet_ntop(AF_INET, &sin.sin_addr, ip, sizeof ip);
-    return std::string(ip) + ":" + std::to_string(ntohs(sin.sin_port));
-  }
-  if (ss.ss_family == AF_INET6) {
-    sockaddr_in6 sin6;
-    std::memcpy(&sin6, &ss, sizeof sin6);
-    inet_ntop(AF_INET6, &sin6.sin6_addr, ip, sizeof ip);
-    return "[" + std::string(ip) + "]:" + std::to_string(ntohs(sin6.sin6_port));
-  }
-  return "family " + std::to_string(ss.ss_family);
-}
-
 // Asserts a == b as printable addresses (family, address, port).
 void assert_addr(const sockaddr_storage& got, const sockaddr_storage& want) {
-  if (str(got) != str(want)) {
-    print_error("address: got %s, want %s\n", str(got).c_str(), str(want).c_str());
+  if (util::sockaddr_str(got) != util::sockaddr_str(want)) {
+    print_error("address: got %s, want %s\n", util::sockaddr_str(got).c_str(),
+                util::sockaddr_str(want).c_str());
     fail();
   }
 }
@@ -405,7 +390,7 @@ void check_redirect(const sockaddr_storage& dst, int fam, int listener, const so
   o.family = fam;
   Report r = run_child(g.cg, tcp_connect(dst, o));
   if (r.rc[0] != 0) {
-    print_error("connect %s from the cgroup: %s\n", str(dst).c_str(), std::strerror(r.err[0]));
+    print_error("connect %s from the cgroup: %s\n", util::sockaddr_str(dst).c_str(), std::strerror(r.err[0]));
     fail();
   }
   sockaddr_storage peer{};
@@ -416,7 +401,7 @@ void check_redirect(const sockaddr_storage& dst, int fam, int listener, const so
   OriginalDst od;
   std::string err;
   if (!g.be->original_dst(fd, peer, &od, &err)) {
-    print_error("original_dst(%s): %s\n", str(peer).c_str(), err.c_str());
+    print_error("original_dst(%s): %s\n", util::sockaddr_str(peer).c_str(), err.c_str());
     fail();
   }
   assert_addr(od.addr, want_orig);
@@ -660,7 +645,7 @@ void test_reconnect_forgets(void**) {
     sockaddr_storage peer{};
     int fd = accept_one(g.l4, &peer);
     assert_true(fd >= 0);
-    found = str(peer) == str(r.local);
+    found = util::sockaddr_str(peer) == util::sockaddr_str(r.local);
     close(fd);
   }
   assert_true(found);
@@ -668,7 +653,8 @@ void test_reconnect_forgets(void**) {
   std::string err;
   assert_false(g.be->original_dst(-1, r.local, &od, &err));
   // Consume the first connection's entry if its port differed.
-  if (str(r.first_local) != str(r.local)) g.be->original_dst(-1, r.first_local, &od, &err);
+  if (util::sockaddr_str(r.first_local) != util::sockaddr_str(r.local))
+    g.be->original_dst(-1, r.first_local, &od, &err);
   while (pending(g.l4)) {
     sockaddr_storage peer{};
     int fd = accept_one(g.l4, &peer);
