@@ -143,6 +143,7 @@ bool Interception::setup(const config::Config& cfg, proxy::Shared& shared, uv_lo
   std::string perr;
   if (!redirect::cgroup_path(mount_, cfg.transparent_job_parent, &job_parent_, &perr))
     log_warn("transparent.jobParent unusable; shoalctl run is off").str("error", perr);
+  adopt_jobs();
   uv_timer_init(loop, &sweep_);
   sweep_.data = this;
   sweep_inited_ = true;
@@ -205,13 +206,40 @@ bool Interception::ensure_job_parent(std::string* err) {
     return false;
   }
   if (!mkdir_p(job_parent_, err)) return false;
-  if (!job_parent_attached_) {
-    // Attached once: every job cgroup below inherits the hooks (eBPF) or
-    // matches the rule's path (iptables matches descendants).
-    if (!shared_->redirect->attach(job_parent_, err)) return false;
-    job_parent_attached_ = true;
-  }
+  // Every job cgroup below inherits the hooks (eBPF) or matches the rule's
+  // path (iptables matches descendants). Checked each time: an admin may
+  // have detached it.
+  for (const std::string& p : shared_->redirect->attached())
+    if (p == job_parent_) return true;
+  if (!shared_->redirect->attach(job_parent_, err)) return false;
+  log_info("cgroup attached")
+      .str("cgroup", job_parent_)
+      .str("mode", mode_)
+      .str("reason", "transparent.jobParent");
   return true;
+}
+
+// Job cgroups a previous daemon made (a restart, a crash) keep their jobs
+// intercepted and are removed once empty, like this daemon's own.
+void Interception::adopt_jobs() {
+  struct stat st {};
+  if (job_parent_.empty() || stat(job_parent_.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return;
+  if (DIR* d = opendir(job_parent_.c_str())) {
+    while (dirent* e = readdir(d)) {
+      if (e->d_type != DT_DIR || e->d_name[0] == '.') continue;
+      jobs_.push_back(job_parent_ + "/" + e->d_name);
+    }
+    closedir(d);
+  }
+  if (jobs_.empty()) return;  // attached on the next run
+  std::string err;
+  if (!ensure_job_parent(&err)) {
+    log_warn("jobs left by a previous daemon are not intercepted")
+        .str("cgroup", job_parent_)
+        .str("error", err);
+    return;
+  }
+  log_info("job cgroups adopted").str("parent", job_parent_).num("jobs", static_cast<int64_t>(jobs_.size()));
 }
 
 bool Interception::run(int pid, unsigned uid, const std::string& name, cJSON* out) {

@@ -62,8 +62,8 @@ class Interception {
   std::string mode_ = "off";
   std::string why_;  // why the mode is off or a fallback (auto)
   std::string mount_;
-  std::string job_parent_;  // absolute; attached once made
-  bool job_parent_attached_ = false;
+  std::string job_parent_;  // absolute; attached while it exists
+  void adopt_jobs();
   std::vector<std::string> jobs_;  // absolute paths of job cgroups we made
   uint64_t job_seq_ = 0;
   uv_timer_t sweep_{};
