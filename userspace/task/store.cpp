@@ -764,14 +764,15 @@ int Writer::set_failed(int e, std::string msg, std::string* err) {
 }
 
 int Writer::write(const void* buf, size_t len, uint64_t offset, std::string* err) {
-  std::string path = store_->impl_->path(tmp_rel_ + "/data");
-  if (done_) return fail_with(err, EINVAL, path + ": writer already committed or aborted");
+  // The path is built only for an error: writes come many per second.
+  auto path = [this] { return store_->impl_->path(tmp_rel_ + "/data"); };
+  if (done_) return fail_with(err, EINVAL, path() + ": writer already committed or aborted");
   int prev = error_.load();
-  if (prev != 0) return fail_with(err, -prev, path + ": writer failed earlier: " + std::strerror(-prev));
+  if (prev != 0) return fail_with(err, -prev, path() + ": writer failed earlier: " + std::strerror(-prev));
   if (offset > static_cast<uint64_t>(INT64_MAX) - len)
-    return set_failed(EFBIG, path + ": write beyond the largest file offset", err);
+    return set_failed(EFBIG, path() + ": write beyond the largest file offset", err);
   int r = pwrite_all(fd_, buf, len, offset);
-  if (r != 0) return set_failed(-r, sys_msg("write", path, -r), err);
+  if (r != 0) return set_failed(-r, sys_msg("write", path(), -r), err);
   return 0;
 }
 
