@@ -31,7 +31,13 @@ SANFLAGS := $(if $(SAN),-fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 GIT_REV := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
-CPPFLAGS := -Iinclude -isystem /usr/include/hs -DSHOAL_VERSION='"$(VERSION)"' -DSHOAL_GIT_REV='"$(GIT_REV)"'
+CPPFLAGS := -Iinclude -isystem /usr/include/hs -DSHOAL_VERSION='"$(VERSION)"'
+# The git revision lives in a generated header rewritten only when it
+# changes, so `shoald --version` follows commits without rebuilding all.
+REV_H := $(BUILD)/gen/shoal_rev.h
+$(shell mkdir -p $(BUILD)/gen && printf '#define SHOAL_GIT_REV "%s"\n' '$(GIT_REV)' > $(REV_H).tmp && \
+  (cmp -s $(REV_H).tmp $(REV_H) || mv $(REV_H).tmp $(REV_H)); rm -f $(REV_H).tmp)
+$(BUILD)/obj/userspace/shoald.o: CPPFLAGS += -I$(BUILD)/gen
 CXXFLAGS := -std=c++17 $(OPT) -g -pthread $(WARN) $(SANFLAGS) -MMD -MP
 LDFLAGS := -pthread $(SANFLAGS)
 LDLIBS := -luv -lmbedtls -lmbedx509 -lmbedcrypto -lhs -lcjson -lyaml -lhttp_parser -lcrypto -lbpf -lelf -lz
@@ -163,6 +169,7 @@ bench: deps-bench
 	$(Q)$(MAKE) --no-print-directory all $(FIXTURE_BINS)
 	$(Q)BUILD=$(abspath $(BUILD)) bench/run.sh
 	$(Q)BUILD=$(abspath $(BUILD)) bench/task.sh
+	$(Q)BUILD=$(abspath $(BUILD)) bench/connect.sh
 
 check:
 	$(Q)clang-format --dry-run --Werror $(shell git ls-files '*.cpp' '*.h' | grep -v '^bpf/')

@@ -3,6 +3,7 @@
 //
 //   build/bench/kload --url https://HOST[:PORT]/PATH --cacert FILE
 //                     [--proxy IP:PORT] [-c CONNS] [-d SECONDS] [--warmup SECONDS]
+//                     [--cgroup DIR]
 //
 // Each of CONNS connections connects (to the proxy, sending
 // "CONNECT HOST:PORT" and expecting a 200, or straight to HOST), does a TLS
@@ -20,6 +21,12 @@
 //
 // and the first few errors to stderr. Exits 0 when at least one request
 // completed and no error happened, 1 otherwise, 2 on bad arguments.
+//
+// --cgroup DIR first moves kload into the cgroup v2 directory DIR (writes 0
+// to DIR/cgroup.procs), so that its connections are made from there:
+// bench/connect.sh runs it without --proxy in a cgroup Shoal intercepts
+// transparently, HOST resolving as usual (through /etc/hosts there), and
+// its connects to HOST are redirected to shoald.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <mbedtls/ctr_drbg.h>
@@ -82,6 +89,7 @@ struct Options {
   socklen_t proxy_len = 0;
   int conns = 16;
   double seconds = 10, warmup = 1;
+  std::string cgroup;  // join this cgroup v2 directory first ("" = stay)
 };
 
 struct Stats {
@@ -550,10 +558,24 @@ double pct_ms(const std::vector<uint64_t>& v, double p) {
   return static_cast<double>(v[std::min(i, v.size() - 1)]) / 1e6;
 }
 
+// Moves this process into the cgroup v2 directory dir. False (printed) on
+// failure.
+bool join_cgroup(const std::string& dir) {
+  std::string path = dir + "/cgroup.procs";
+  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0 || write(fd, "0\n", 2) != 2) {
+    std::fprintf(stderr, "kload: joining %s: %s\n", dir.c_str(), std::strerror(errno));
+    if (fd >= 0) close(fd);
+    return false;
+  }
+  close(fd);
+  return true;
+}
+
 int usage() {
   std::fprintf(stderr,
                "usage: kload --url https://HOST[:PORT]/PATH --cacert FILE [--proxy IP:PORT]\n"
-               "             [-c CONNS] [-d SECONDS] [--warmup SECONDS]\n");
+               "             [-c CONNS] [-d SECONDS] [--warmup SECONDS] [--cgroup DIR]\n");
   return 2;
 }
 
@@ -577,12 +599,15 @@ int main(int argc, char** argv) {
       o.seconds = std::atof(v.c_str());
     } else if (a == "--warmup") {
       o.warmup = std::atof(v.c_str());
+    } else if (a == "--cgroup") {
+      o.cgroup = v;
     } else {
       return usage();
     }
   }
   if (o.host.empty() || o.cacert.empty() || o.conns <= 0 || o.conns > 10000 || o.seconds <= 0 || o.warmup < 0)
     return usage();
+  if (!o.cgroup.empty() && !join_cgroup(o.cgroup)) return 1;
   Stats stats;
   {
     Load load(o, stats);

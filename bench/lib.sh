@@ -78,11 +78,13 @@ bench_scratch() {
 # shellcheck source=tests/fixtures/registry/hosts.sh
 . "$root/tests/fixtures/registry/hosts.sh"
 
-# stop_pid PID: SIGTERM, then SIGKILL after 10 s; reaps it.
+# stop_pid PID: SIGTERM (and SIGCONT, in case a bench left it stopped),
+# then SIGKILL after 10 s; reaps it.
 stop_pid() {
   local pid=$1 i
   kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
   kill -TERM "$pid" 2>/dev/null || true
+  kill -CONT "$pid" 2>/dev/null || true
   for ((i = 0; i < 100; i++)); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
@@ -118,6 +120,9 @@ cleanup() {
   for i in "${kids[@]}"; do
     [ -n "$i" ] && kill -0 "$i" 2>/dev/null && kill -TERM "$i" 2>/dev/null
   done
+  # The sourcing script's own clean-up (e.g. cgroups, sysctls), once the
+  # processes it started are gone.
+  if declare -F bench_cleanup_hook >/dev/null; then bench_cleanup_hook; fi
   hosts_remove_block "$W"
   if [ "${BENCH_KEEP_TMP:-0}" = 1 ]; then
     say "kept $W"
@@ -495,14 +500,16 @@ bulk() {
 
 # kload NAME RUN URL CA [PROXY_ADDR PID]: $CONNS keep-alive connections for
 # $KSECS s after 1 s of warm-up; one "kload" line in $RAW with the proxy's
-# CPU time over the whole run (warm-up included).
+# CPU time over the whole run (warm-up included). The array kload_args (empty
+# unless the caller sets it) is added to kload's arguments.
+kload_args=()
 kload() {
   local name=$1 run=$2 url=$3 ca=$4 paddr=${5:-} pid=${6:-} line t0=0 t1=0 rc=0 b0 b1
   wait_idle
   b0=$(core_busy "$PCPU")
   if [ -n "$pid" ]; then t0=$(cpu_ticks "$pid"); fi
   line=$(taskset -c "$CCPU" "$BUILD/bench/kload" --url "$url" --cacert "$ca" ${paddr:+--proxy "$paddr"} \
-    -c "$CONNS" -d "$KSECS" --warmup 1 2>"$W/kload-$name-$run.log") || rc=$?
+    -c "$CONNS" -d "$KSECS" --warmup 1 ${kload_args[@]+"${kload_args[@]}"} 2>"$W/kload-$name-$run.log") || rc=$?
   [ -n "$line" ] || die "kload $name printed nothing; see $W/kload-$name-$run.log"
   if [ -n "$pid" ]; then t1=$(cpu_ticks "$pid"); fi
   b1=$(core_busy "$PCPU")

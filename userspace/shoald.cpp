@@ -11,6 +11,7 @@
 #include "shoal/config/config.h"
 #include "shoal/daemon/daemon.h"
 #include "shoal/proxy/runtime.h"
+#include "shoal_rev.h"  // generated: SHOAL_GIT_REV
 
 namespace {
 
