@@ -68,7 +68,8 @@ $(BUILD)/obj/%.o: %.cpp
 # skeleton, never committed). Only userspace/redirect/ebpf.cpp includes the
 # skeleton, through -isystem (it is generated C: old-style casts). The multiarch
 # include directory provides <asm/types.h> to <linux/bpf.h>.
-BPF_CFLAGS := -O2 -g -target bpf -Wall -Wextra -Werror -Iinclude -I/usr/include/$(shell $(CXX) -dumpmachine)
+# Deferred (=): $(CXX) may not be installed yet when the Makefile is read.
+BPF_CFLAGS = -O2 -g -target bpf -Wall -Wextra -Werror -Iinclude -I/usr/include/$(shell $(CXX) -dumpmachine)
 $(BUILD)/bpf/%.bpf.o: bpf/%.bpf.c include/shoal/bpf_abi.h
 	@mkdir -p $(dir $@)
 	$(if $(V),,@echo "  BPF  $<")
@@ -105,6 +106,9 @@ $(foreach m,$(UNIT_MODULES),$(eval $(call unit_rule,$(m))))
 # Test helper programs written in C++ (fault injectors, load clients).
 FIXTURE_SRCS := $(wildcard tests/fixtures/*.cpp bench/*.cpp)
 FIXTURE_BINS := $(patsubst %.cpp,$(BUILD)/%,$(FIXTURE_SRCS))
+# Keep their objects: as pattern-rule intermediates make would delete them,
+# and the next make's dependency files would have them rebuilt.
+.SECONDARY: $(patsubst %.cpp,$(BUILD)/obj/%.o,$(FIXTURE_SRCS))
 # Standalone helper programs: no Shoal libraries, only system ones.
 $(BUILD)/tests/fixtures/%: $(BUILD)/obj/tests/fixtures/%.o
 	@mkdir -p $(dir $@)
