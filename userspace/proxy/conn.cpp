@@ -1192,6 +1192,12 @@ void Conn::finish_exchange() {
 void Conn::after_exchange() {
   after_exchange_pending_ = false;
   if (closing_) return;
+  if (tee_) {
+    // The client has its verified response while the store commits
+    // (fsync); the next request waits for that, so one Tee is ever live.
+    after_exchange_pending_ = true;
+    return;
+  }
   if (!ex_.up_keep_alive && up_) {
     up_->release();
     up_ = nullptr;

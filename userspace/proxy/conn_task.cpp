@@ -288,12 +288,14 @@ void Conn::serve_pump() {
   } else {
     v.phase = task::ActiveTask::Phase::Complete;
     v.length = v.stored = v.readable = serve_.length;
+    v.verified = true;
   }
   if (drain_ && tee_) {
     // Our own task failed to store: what is on disk is served unverified, as
     // a pass-through would have; the client's registry library checks it.
     v.phase = task::ActiveTask::Phase::Streaming;
     v.readable = tee_->written;
+    v.verified = false;
   }
   if (v.phase == task::ActiveTask::Phase::Starting) return;
   if (v.phase == task::ActiveTask::Phase::Failed) {
@@ -370,7 +372,7 @@ void Conn::serve_pump() {
     drain_pump();
     return;
   }
-  if (!drain_ && v.phase != task::ActiveTask::Phase::Complete && limit == serve_.end && limit > 0) limit--;
+  if (!drain_ && !v.verified && limit == serve_.end && limit > 0) limit--;
   if (serve_.offset < limit && serve_.mem) {
     size_t n = static_cast<size_t>(limit - serve_.offset);
     const char* p = serve_.mem->data() + serve_.offset;
@@ -435,7 +437,7 @@ void Conn::serve_pump() {
     }
     return;
   }
-  if (serve_.offset == serve_.end && v.phase == task::ActiveTask::Phase::Complete) serve_done();
+  if (serve_.offset == serve_.end && v.verified) serve_done();
 }
 
 void Conn::serve_done() {
@@ -701,6 +703,9 @@ void Conn::tee_kick() {
           t->writer->abort();
           return;
         }
+        // The bytes are right: readers may finish now, while the commit
+        // below makes the store durable (fsync).
+        t->task->set_verified();
         task::TaskMeta meta;
         meta.id = t->task->id();
         meta.url = t->url;
@@ -753,6 +758,7 @@ void Conn::tee_kick() {
         }
         if (t->error || t->finalized) {
           c->tee_finished();
+          if (c->after_exchange_pending_ && !c->closing_) c->after_exchange();
           return;
         }
         c->tee_kick();

@@ -17,8 +17,9 @@ ActiveTask::View ActiveTask::view() const {
   v.length = length_;
   v.stored = stored_;
   v.failure = failure_;
-  if (phase_ == Phase::Complete) {
-    v.readable = length_;
+  v.verified = phase_ == Phase::Complete || (phase_ == Phase::Streaming && verified_);
+  if (v.verified) {
+    v.readable = phase_ == Phase::Complete ? length_ : stored_;
   } else if (phase_ == Phase::Streaming) {
     uint64_t cap = length_ > kHoldBack ? length_ - kHoldBack : 0;
     v.readable = stored_ < cap ? stored_ : cap;
@@ -52,6 +53,15 @@ void ActiveTask::add_stored(uint64_t n) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     stored_ += n;
+  }
+  notify();
+}
+
+void ActiveTask::set_verified() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (phase_ != Phase::Streaming) return;
+    verified_ = true;
   }
   notify();
 }

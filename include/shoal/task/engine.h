@@ -38,6 +38,9 @@ class ActiveTask {
     uint64_t length = 0;
     uint64_t stored = 0;    // contiguous bytes from offset 0 on disk
     uint64_t readable = 0;  // what a reader may send now (hold-back applied)
+    // Every byte is stored and matches the digest (or, without a digest,
+    // was read in full): readers may finish before the store commits.
+    bool verified = false;
     std::string failure;
   };
 
@@ -56,6 +59,10 @@ class ActiveTask {
   // Owner side.
   void set_streaming(uint64_t length, Headers headers, int fd);  // takes fd
   void add_stored(uint64_t n);
+  // Thread-safe, like the other setters: the verifying job calls it from
+  // the thread pool before the commit's fsync, so clients do not wait on
+  // the disk.
+  void set_verified();
   void set_complete();
   // passthrough: the origin's answer was not a storable object (an error
   // status, no length): waiting clients ask the origin themselves. Otherwise
@@ -83,6 +90,7 @@ class ActiveTask {
   std::string failure_;
   bool passthrough_ = false;
   bool prefix_ok_ = false;
+  bool verified_ = false;
   uint64_t next_token_ = 1;
   std::map<uint64_t, std::function<void()>> subs_;
 };
