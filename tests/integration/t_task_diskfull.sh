@@ -22,8 +22,12 @@ registry_config "$TEST_TMP/shoald.yaml" "$site"
 start_shoald "$TEST_TMP/shoald.yaml" --data-dir "$data"
 digest=$SHOAL_TEST_HELLO_BIG_LAYER_DIGEST
 url=$SHOAL_TEST_REGISTRY_URL/v2/$SHOAL_TEST_HELLO_REPO/blobs/$digest
+# -L as registry clients do: a request that arrives while the disk is full
+# (here, the second client's, when it comes after the first one's store has
+# already failed) is passed through, and the registry's answer to it is the
+# 307 to the blob store.
 get() {
-  curl -sS -x "$SHOALD_PROXY" --cacert "$bundle" -H "Authorization: Bearer $SHOAL_TEST_TOKEN" \
+  curl -sS -L -x "$SHOALD_PROXY" --cacert "$bundle" -H "Authorization: Bearer $SHOAL_TEST_TOKEN" \
     -o "$1" -w '%{http_code}' "$url"
 }
 
