@@ -210,22 +210,43 @@ static __always_inline void load_ip6(struct bpf_sock_addr *ctx, __u32 *ip6)
 	ip6[3] = ctx->user_ip6[3];
 }
 
-SEC("cgroup/connect4")
-int shoal_connect4(struct bpf_sock_addr *ctx)
+/*
+ * What a connect hook does with a verdict other than REDIRECT: 1 lets the
+ * connect go ahead, 0 refuses it (EPERM). A REDIRECT whose destination
+ * cannot be stashed is let go ahead too (skipped): better direct than lost.
+ */
+static __always_inline int not_redirected(struct bpf_sock_addr *ctx, enum verdict v)
 {
-	enum verdict v = decide(ctx, is_listener4(ctx->user_ip4, ctx->user_port), 0);
-
 	if (v == PASS)
 		return 1;
 	if (v == BLOCK) {
 		count(SHOAL_STAT_BLOCKED);
 		return 0;
 	}
-	if (v == SKIP || !stash(ctx, AF_INET)) {
-		forget(ctx);
-		count(SHOAL_STAT_SKIPPED);
-		return 1;
+	forget(ctx);
+	count(SHOAL_STAT_SKIPPED);
+	return 1;
+}
+
+/* The sendmsg hooks: UDP to a configured port is refused, the rest passes. */
+static __always_inline int udp_verdict(enum verdict v)
+{
+	if (v == BLOCK) {
+		count(SHOAL_STAT_BLOCKED);
+		return 0;
 	}
+	if (v == SKIP)
+		count(SHOAL_STAT_SKIPPED);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int shoal_connect4(struct bpf_sock_addr *ctx)
+{
+	enum verdict v = decide(ctx, is_listener4(ctx->user_ip4, ctx->user_port), 0);
+
+	if (v != REDIRECT || !stash(ctx, AF_INET))
+		return not_redirected(ctx, v == REDIRECT ? SKIP : v);
 	ctx->user_ip4 = bpf_htonl(LOOPBACK4);
 	ctx->user_port = shoal_cfg.listen_port;
 	count(SHOAL_STAT_REDIRECTED);
@@ -240,17 +261,8 @@ int shoal_connect6(struct bpf_sock_addr *ctx)
 
 	load_ip6(ctx, ip6);
 	v = decide(ctx, is_listener6(ip6, ctx->user_port), is_link_local6(ip6));
-	if (v == PASS)
-		return 1;
-	if (v == BLOCK) {
-		count(SHOAL_STAT_BLOCKED);
-		return 0;
-	}
-	if (v == SKIP || !stash(ctx, AF_INET6)) {
-		forget(ctx);
-		count(SHOAL_STAT_SKIPPED);
-		return 1;
-	}
+	if (v != REDIRECT || !stash(ctx, AF_INET6))
+		return not_redirected(ctx, v == REDIRECT ? SKIP : v);
 	ctx->user_ip6[0] = 0;
 	ctx->user_ip6[1] = 0;
 	if (is_v4mapped(ip6)) {
@@ -268,15 +280,7 @@ int shoal_connect6(struct bpf_sock_addr *ctx)
 SEC("cgroup/sendmsg4")
 int shoal_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	enum verdict v = decide(ctx, is_listener4(ctx->user_ip4, ctx->user_port), 0);
-
-	if (v == BLOCK) {
-		count(SHOAL_STAT_BLOCKED);
-		return 0;
-	}
-	if (v == SKIP)
-		count(SHOAL_STAT_SKIPPED);
-	return 1;
+	return udp_verdict(decide(ctx, is_listener4(ctx->user_ip4, ctx->user_port), 0));
 }
 
 SEC("cgroup/sendmsg6")
@@ -287,13 +291,7 @@ int shoal_sendmsg6(struct bpf_sock_addr *ctx)
 
 	load_ip6(ctx, ip6);
 	v = decide(ctx, is_listener6(ip6, ctx->user_port), 0);
-	if (v == BLOCK) {
-		count(SHOAL_STAT_BLOCKED);
-		return 0;
-	}
-	if (v == SKIP)
-		count(SHOAL_STAT_SKIPPED);
-	return 1;
+	return udp_verdict(v);
 }
 
 SEC("sockops")

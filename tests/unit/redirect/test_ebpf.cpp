@@ -329,6 +329,36 @@ std::function<void(Report*)> tcp_connect(const sockaddr_storage& dst, ConnectOpt
   };
 }
 
+// Connects from cgroup ("" = outside any test cgroup) and checks the connect
+// went direct: nothing listens at dst, so it is refused. A failed socket
+// option (slot 7) fails the test with its name.
+Report expect_direct(const std::string& cgroup, const sockaddr_storage& dst, ConnectOpts o = {}) {
+  Report r = run_child(cgroup, tcp_connect(dst, o));
+  if (r.rc[7] != 0) {
+    print_error("socket option before connect: %s\n", std::strerror(r.err[7]));
+    fail();
+  }
+  assert_int_equal(r.rc[0], -1);
+  assert_int_equal(r.err[0], ECONNREFUSED);
+  return r;
+}
+
+// One UDP datagram to dst from cgroup (bound to dev when given); returns
+// sendto's result, with its errno in *err.
+int udp_send(const std::string& cgroup, const sockaddr_storage& dst, const char* dev = nullptr,
+             int* err = nullptr) {
+  Report r = run_child(cgroup, [dst, dev](Report* rep) {
+    int fd = socket(dst.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (dev != nullptr)
+      setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, dev, static_cast<socklen_t>(std::strlen(dev)));
+    rep->rc[0] = static_cast<int>(sendto(fd, "x", 1, 0, sa(dst), len_of(dst)));
+    rep->err[0] = errno;
+    close(fd);
+  });
+  if (err != nullptr) *err = r.err[0];
+  return r.rc[0];
+}
+
 // Accepts one connection on listener (waiting at most kWaitMs); returns the
 // fd and its peer, or -1.
 int accept_one(int listener, sockaddr_storage* peer) {
@@ -541,9 +571,7 @@ void test_udp_blocked(void**) {
 void test_other_port_untouched(void**) {
   require_env();
   Stats before = stats();
-  Report r = run_child(g.cg, tcp_connect(v4("127.0.0.2", g.other_port)));
-  assert_int_equal(r.rc[0], -1);
-  assert_int_equal(r.err[0], ECONNREFUSED);
+  expect_direct(g.cg, v4("127.0.0.2", g.other_port));
   assert_stats_delta(before, 0, 0, 0);
   assert_false(pending(g.l4));
 }
@@ -552,22 +580,11 @@ void test_other_port_untouched(void**) {
 void test_outside_cgroup_untouched(void**) {
   require_env();
   Stats before = stats();
-  Report r = run_child("", tcp_connect(v4("127.0.0.2", g.port)));
-  assert_int_equal(r.rc[0], -1);
-  assert_int_equal(r.err[0], ECONNREFUSED);
+  expect_direct("", v4("127.0.0.2", g.port));
   ConnectOpts o6;
   o6.family = AF_INET6;
-  r = run_child("", tcp_connect(v6("::1", g.port), o6));
-  assert_int_equal(r.rc[0], -1);
-  assert_int_equal(r.err[0], ECONNREFUSED);
-  const uint16_t port = g.port;
-  r = run_child("", [port](Report* rep) {
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    sockaddr_storage d = v4("127.0.0.2", port);
-    rep->rc[0] = static_cast<int>(sendto(fd, "x", 1, 0, sa(d), len_of(d)));
-    close(fd);
-  });
-  assert_int_equal(r.rc[0], 1);
+  expect_direct("", v6("::1", g.port), o6);
+  assert_int_equal(udp_send("", v4("127.0.0.2", g.port)), 1);
   assert_stats_delta(before, 0, 0, 0);
   assert_false(pending(g.l4));
   assert_false(pending(g.l6));
@@ -579,13 +596,7 @@ void test_mark_skipped(void**) {
   Stats before = stats();
   ConnectOpts o;
   o.mark = g.opt.mark;
-  Report r = run_child(g.cg, tcp_connect(v4("127.0.0.2", g.port), o));
-  if (r.rc[7] != 0) {
-    print_error("SO_MARK: %s\n", std::strerror(r.err[7]));
-    fail();
-  }
-  assert_int_equal(r.rc[0], -1);
-  assert_int_equal(r.err[0], ECONNREFUSED);
+  expect_direct(g.cg, v4("127.0.0.2", g.port), o);
   assert_stats_delta(before, 0, 1, 0);
   assert_false(pending(g.l4));
 }
@@ -597,25 +608,11 @@ void test_bound_device_skipped(void**) {
   Stats before = stats();
   ConnectOpts o;
   o.bind_dev = "lo";
-  Report r = run_child(g.cg, tcp_connect(v4("127.0.0.2", g.port), o));
-  if (r.rc[7] != 0) {
-    print_error("SO_BINDTODEVICE: %s\n", std::strerror(r.err[7]));
-    fail();
-  }
-  assert_int_equal(r.rc[0], -1);
-  assert_int_equal(r.err[0], ECONNREFUSED);
+  expect_direct(g.cg, v4("127.0.0.2", g.port), o);
   assert_stats_delta(before, 0, 1, 0);
-  const uint16_t port = g.port;
-  r = run_child(g.cg, [port](Report* rep) {
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, "lo", 2);
-    sockaddr_storage d = v4("127.0.0.2", port);
-    rep->rc[0] = static_cast<int>(sendto(fd, "x", 1, 0, sa(d), len_of(d)));
-    rep->err[0] = errno;
-    close(fd);
-  });
-  assert_int_equal(r.rc[0], -1);
-  assert_int_equal(r.err[0], EPERM);
+  int err = 0;
+  assert_int_equal(udp_send(g.cg, v4("127.0.0.2", g.port), "lo", &err), -1);
+  assert_int_equal(err, EPERM);
   assert_stats_delta(before, 0, 1, 1);
   assert_false(pending(g.l4));
 }
@@ -727,9 +724,7 @@ void test_daemon_cgroup_skipped(void**) {
     fail();
   }
   assert_true(be2->attach(cg2, &err));
-  Report r = run_child(cg2, tcp_connect(v4("127.0.0.2", g.port)));
-  assert_int_equal(r.rc[0], -1);
-  assert_int_equal(r.err[0], ECONNREFUSED);
+  expect_direct(cg2, v4("127.0.0.2", g.port));
   Stats s = be2->stats();
   assert_int_equal(s.redirected, 0);
   assert_int_equal(s.skipped, 1);
@@ -746,17 +741,8 @@ void test_detach(void**) {
   assert_int_equal(g.be->attached().size(), 0);
   assert_false(g.be->detach(g.cg, &err));
   Stats before = stats();
-  Report r = run_child(g.cg, tcp_connect(v4("127.0.0.2", g.port)));
-  assert_int_equal(r.rc[0], -1);
-  assert_int_equal(r.err[0], ECONNREFUSED);
-  const uint16_t port = g.port;
-  r = run_child(g.cg, [port](Report* rep) {
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    sockaddr_storage d = v4("127.0.0.2", port);
-    rep->rc[0] = static_cast<int>(sendto(fd, "x", 1, 0, sa(d), len_of(d)));
-    close(fd);
-  });
-  assert_int_equal(r.rc[0], 1);
+  expect_direct(g.cg, v4("127.0.0.2", g.port));
+  assert_int_equal(udp_send(g.cg, v4("127.0.0.2", g.port)), 1);
   assert_stats_delta(before, 0, 0, 0);
   assert_false(pending(g.l4));
 }
