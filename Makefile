@@ -143,12 +143,15 @@ FUZZ_SECONDS ?= 60
 FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.cpp,%,$(wildcard tests/fuzz/fuzz_*.cpp))
 FUZZ_BINS := $(FUZZ_NAMES:%=$(BUILD)/fuzz/fuzz_%)
 FUZZ_SRCS_record_layer := userspace/tls/record_layer.cpp
+FUZZ_SRCS_p2p_messages := userspace/p2p/protocol.cpp userspace/task/store.cpp
+# Libraries beyond -lcrypto a target needs, if any (FUZZ_LIBS_<name>).
+FUZZ_LIBS_p2p_messages := -lcjson
 FUZZ_FLAGS := -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Iinclude
 define fuzz_rule
 $(BUILD)/fuzz/fuzz_$(1): tests/fuzz/fuzz_$(1).cpp $(FUZZ_SRCS_$(1)) $(wildcard include/shoal/*/*.h)
 	@mkdir -p $$(dir $$@)
 	$(if $(V),,@echo "  FUZZ $$@")
-	$(Q)clang++ $(FUZZ_FLAGS) -o $$@ $$(filter %.cpp,$$^) -lcrypto
+	$(Q)clang++ $(FUZZ_FLAGS) -o $$@ $$(filter %.cpp,$$^) -lcrypto $(FUZZ_LIBS_$(1))
 endef
 $(foreach f,$(FUZZ_NAMES),$(eval $(call fuzz_rule,$(f))))
 

@@ -6,11 +6,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
+#include <vector>
 
 #include "shoal/config/config.h"
 #include "shoal/daemon/daemon.h"
 #include "shoal/proxy/runtime.h"
+#include "shoal/scheduler/scheduler.h"
 #include "shoal_rev.h"  // generated: SHOAL_GIT_REV
 
 namespace {
@@ -20,6 +23,7 @@ constexpr const char* kDefaultConfig = "/etc/shoal/shoald.yaml";
 void usage(FILE* out) {
   fprintf(out,
           "usage: shoald [options]\n"
+          "       shoald scheduler [options]   run the P2P scheduler (see shoald scheduler --help)\n"
           "\n"
           "Shoal: a transparent, TLS-intercepting, peer-to-peer container image proxy.\n"
           "\n"
@@ -37,6 +41,13 @@ void usage(FILE* out) {
           "      --workers N          override workers (event loops)\n"
           "      --transparent MODE   override transparent.mode (auto, ebpf,\n"
           "                           iptables or off)\n"
+          "      --scheduler ADDR[,ADDR...]  replace p2p.schedulers (IP:PORT or\n"
+          "                           [IPv6]:PORT each); turns P2P on\n"
+          "      --cluster-secret-file FILE  replace p2p.clusterSecretFile (needed\n"
+          "                           with schedulers)\n"
+          "      --peer-listen ADDR:PORT     override p2p.listen (peers fetch pieces here)\n"
+          "      --advertise ADDR:PORT       override p2p.advertise (the address peers\n"
+          "                           are told to use)\n"
           "  -V, --version            print the version\n"
           "  -h, --help               this text\n"
           "\n"
@@ -54,6 +65,8 @@ bool need_arg(int i, int argc, const char* opt) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The scheduler role is its own program that shares the binary.
+  if (argc > 1 && std::strcmp(argv[1], "scheduler") == 0) return shoal::scheduler::main(argc - 1, argv + 1);
   // libuv's thread pool (4 threads by default) runs DNS lookups, leaf
   // minting and disk I/O; a slow resolver must not starve the others.
   setenv("UV_THREADPOOL_SIZE", "32", 0);
@@ -92,6 +105,53 @@ int main(int argc, char** argv) {
         return 2;
       }
       (a == "--proxy-listen" ? opts.overrides.proxy_listen : opts.overrides.metrics_listen) = e;
+    } else if (a == "--peer-listen") {
+      if (!need_arg(i, argc, a.c_str())) return 2;
+      shoal::config::Endpoint e;
+      std::string why;
+      if (!shoal::config::parse_listen_address(argv[++i], &e, &why)) {
+        fprintf(stderr, "shoald: %s: %s, got '%s'\n", a.c_str(), why.c_str(), argv[i]);
+        return 2;
+      }
+      opts.overrides.peer_listen = e;
+    } else if (a == "--advertise") {
+      if (!need_arg(i, argc, a.c_str())) return 2;
+      std::string addr, why;
+      if (!shoal::config::parse_peer_address(argv[++i], &addr, &why)) {
+        fprintf(stderr, "shoald: %s: %s, got '%s'\n", a.c_str(), why.c_str(), argv[i]);
+        return 2;
+      }
+      opts.overrides.peer_advertise = addr;
+    } else if (a == "--scheduler") {
+      if (!need_arg(i, argc, a.c_str())) return 2;
+      const std::string list = argv[++i];
+      std::vector<std::string> scheds;
+      for (size_t start = 0;;) {
+        const size_t comma = list.find(',', start);
+        const std::string one =
+            list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        std::string addr, why;
+        if (!shoal::config::parse_peer_address(one, &addr, &why)) {
+          fprintf(stderr, "shoald: %s: %s, got '%s'\n", a.c_str(), why.c_str(), one.c_str());
+          return 2;
+        }
+        bool dup = false;
+        for (const std::string& s : scheds) dup = dup || s == addr;
+        if (!dup) scheds.push_back(addr);
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+      opts.overrides.p2p_schedulers = scheds;
+    } else if (a == "--cluster-secret-file") {
+      if (!need_arg(i, argc, a.c_str())) return 2;
+      const std::string f = argv[++i];
+      std::error_code ec;
+      const std::filesystem::path abs = std::filesystem::absolute(f, ec);
+      if (f.empty() || ec) {
+        fprintf(stderr, "shoald: %s: expected a file name, got '%s'\n", a.c_str(), f.c_str());
+        return 2;
+      }
+      opts.overrides.cluster_secret_file = abs.lexically_normal().string();
     } else if (a == "--workers") {
       if (!need_arg(i, argc, a.c_str())) return 2;
       char* end = nullptr;

@@ -63,16 +63,41 @@
 //     authCheck: true           # before serving stored or shared bytes, ask the
 //                               # origin (HEAD with the client's own headers)
 //                               # whether this client may have them
+//   p2p:                        # the peer side; P2P is on when schedulers is not empty
+//     schedulers: []            # ["10.0.0.5:8002", "[fd00::5]:8002"]: IP literals
+//     clusterSecretFile: ""     # required with schedulers: every peer request is signed
+//     listen: 0.0.0.0:65002     # where other peers fetch pieces from this one
+//     advertise: ""             # ip:port given to the scheduler; "" = derived at start
+//     labels: {}                # strings for the scheduler's placement, e.g. {rack: r12}
+//     uploadSlots: 16           # pieces served to other peers at once (1-4096)
+//     uploadRate: 0             # bytes/s served to other peers; 0 = unlimited
+//     parallelParents: 4        # parents one download takes pieces from (1-64)
+//     stallRate: 64KiB          # a parent slower than this for stallTime ...
+//     stallTime: 5s             # ... is replaced
+//   schedulerServer:            # the scheduler role, `shoald scheduler`
+//     listen: 0.0.0.0:8002
+//     clusterSecretFile: ""     # the same secret the peers hold
+//     peerTimeout: 15s          # a peer silent this long is forgotten
+//     originConcurrency: 2      # peers fetching one piece from the origin (1-64)
+//     maxParents: 8             # parents offered in one answer (1-64)
+//
+// Rates (uploadRate, stallRate) are bytes per second: a plain number, or a
+// number with a unit and an optional "/s": B, K/KB M/MB G/GB T/TB (powers of
+// 1000), Ki/KiB Mi/MiB Gi/GiB Ti/TiB (powers of 1024), bit Kbit Mbit Gbit
+// Tbit (bits, powers of 1000). "100MiB", "80Mbit/s" and "1.5G" are rates;
+// "80Mb" is refused as ambiguous.
 //
 // Durations are written 500ms, 30s, 2m, 1h, 1m30s (Go's syntax) or as a plain
 // number of seconds. Relative paths (dataDir, logDir, admin.socket,
-// tls.trustStore, hijackHTTPS.cert/key, every certs list) resolve against the
+// tls.trustStore, hijackHTTPS.cert/key, every certs list, both
+// clusterSecretFile keys) resolve against the
 // directory of the file that holds them. A key given as null (or left empty,
 // "key:") keeps its default, as Dragonfly's YAML decoder does.
 //
 // Security rules: proxy.tcpListen on a non-loopback address needs
 // proxy.basicAuth or proxy.whiteList (an error otherwise); metrics on a
-// non-loopback address is a warning.
+// non-loopback address is a warning; p2p.schedulers needs
+// p2p.clusterSecretFile (an error otherwise).
 #include "shoal/config/config.h"
 
 #include <arpa/inet.h>
@@ -82,6 +107,7 @@
 #include <yaml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -514,6 +540,7 @@ enum class Kind : uint8_t {
   kPortNum,    // an integer 0-65535
   kPort,       // kPortNum, or a range mapping {start, end} (kids)
   kAddrOrMap,  // "host:port" (Dragonfly's metrics) or a mapping (Shoal's)
+  kStrMap,     // a mapping of free-form names to scalars (p2p.labels)
 };
 
 enum class Use : uint8_t {
@@ -724,6 +751,19 @@ constexpr Key kTransparentKeys[] = {{"mode", K::kStr, S},        {"ports", K::kP
                                     {"cgroups", K::kStrList, S}, {"port", K::kInt, S},
                                     {"mark", K::kInt, S},        {"jobParent", K::kStr, S}};
 constexpr Schema kTransparent{kTransparentKeys};
+// Rates are kStr: a number or a number with a unit, checked in extraction.
+constexpr Key kP2pKeys[] = {{"schedulers", K::kStrList, S}, {"clusterSecretFile", K::kStr, S},
+                            {"listen", K::kStr, S},         {"advertise", K::kStr, S},
+                            {"labels", K::kStrMap, S},      {"uploadSlots", K::kInt, S},
+                            {"uploadRate", K::kStr, S},     {"parallelParents", K::kInt, S},
+                            {"stallRate", K::kStr, S},      {"stallTime", K::kDur, S}};
+constexpr Schema kP2p{kP2pKeys};
+constexpr Key kSchedulerServerKeys[] = {{"listen", K::kStr, S},
+                                        {"clusterSecretFile", K::kStr, S},
+                                        {"peerTimeout", K::kDur, S},
+                                        {"originConcurrency", K::kInt, S},
+                                        {"maxParents", K::kInt, S}};
+constexpr Schema kSchedulerServer{kSchedulerServerKeys};
 
 constexpr Key kTopKeys[] = {
     // Dragonfly's base options.
@@ -774,6 +814,8 @@ constexpr Key kTopKeys[] = {
     {"tls", K::kMap, S, &kTls},
     {"timeouts", K::kMap, S, &kTimeouts},
     {"transparent", K::kMap, S, &kTransparent},
+    {"p2p", K::kMap, S, &kP2p},
+    {"schedulerServer", K::kMap, S, &kSchedulerServer},
 };
 constexpr Schema kTop{kTopKeys};
 
@@ -991,6 +1033,9 @@ class Validator {
         }
         check_scalar(v, K::kPortNum, path);
         return;
+      case K::kStrMap:
+        if (expect(v, Node::Type::kMap, "a mapping", path)) walk_str_map(v, path);
+        return;
       case K::kAddrOrMap:
         if (v.type == Node::Type::kMap) {
           walk_map(v, *k.kids, path, ignored);
@@ -1002,6 +1047,29 @@ class Validator {
       default:
         check_scalar(v, k.kind, path);
         return;
+    }
+  }
+
+  // A mapping of names to single values (a null value is ""): keys are
+  // free-form, so only their shape and uniqueness are checked here.
+  void walk_str_map(const Node& m, const std::string& path) {
+    for (size_t i = 0; i + 1 < m.kids.size(); i += 2) {
+      const Node& key = m.kids[i];
+      const Node& value = m.kids[i + 1];
+      if (key.type != Node::Type::kScalar) {
+        error(key, path, "a key must be a plain name, got " + describe(key));
+        continue;
+      }
+      const std::string kpath = join(path, key.text);
+      bool dup = false;
+      for (size_t j = 0; j < i && !dup; j += 2) {
+        if (m.kids[j].type == Node::Type::kScalar && m.kids[j].text == key.text) {
+          error(key, kpath, "duplicate key (first at " + where(m.kids[j], key) + ")");
+          dup = true;
+        }
+      }
+      if (!dup && value.type != Node::Type::kScalar && value.type != Node::Type::kNull)
+        error(value, kpath, "expected a single value, got " + describe(value));
     }
   }
 
@@ -1385,6 +1453,155 @@ class Validator {
     }
   }
 
+  // An integer key with an inclusive range; reports and keeps the default
+  // outside it.
+  void set_count(const Found& f, const std::string& path, int64_t lo, int64_t hi, uint32_t* out) {
+    const auto v = int_of(f);
+    if (!v) return;
+    if (*v < lo || *v > hi)
+      error(*f.value, path, "must be " + std::to_string(lo) + " to " + std::to_string(hi));
+    else
+      *out = static_cast<uint32_t>(*v);
+  }
+
+  // A rate (see parse_rate); "" keeps the default. positive: 0 is refused.
+  void set_rate(const Found& f, const std::string& path, bool positive, uint64_t* out) {
+    const auto s = str_of(f);
+    if (!s || s->empty()) return;
+    uint64_t v = 0;
+    std::string why;
+    if (!parse_rate(*s, &v, &why))
+      error(*f.value, path, why + ", got " + describe(*f.value));
+    else if (positive && v == 0)
+      error(*f.value, path, "must be more than zero");
+    else
+      *out = v;
+  }
+
+  // A listener "ip:port"; "" keeps the default.
+  void set_listen(const Found& f, const std::string& path, Endpoint* out) {
+    const auto s = str_of(f);
+    if (!s || s->empty()) return;
+    std::string why;
+    if (!parse_listen_address(*s, out, &why)) error(*f.value, path, why + ", got " + describe(*f.value));
+  }
+
+  // A secret file's path, resolved against its file's directory; "" keeps
+  // the default (none).
+  void set_file(const Found& f, std::string* out) {
+    if (auto s = str_of(f); s && !s->empty()) *out = resolve(*f.value, *s);
+  }
+
+  void extract_p2p(const Found& p2p, Config* c) {
+    const Node* pm = map_of(p2p);
+    if (!pm) return;
+    const Found scheds = find(pm, "schedulers");
+    const Node* l = list_of(scheds);
+    if (l) {
+      for (size_t i = 0; i < l->kids.size(); ++i) {
+        const Node& item = l->kids[i];
+        const std::string path = at_index("p2p.schedulers", i);
+        if (item.type != Node::Type::kScalar) continue;  // reported by the walk
+        std::string addr, why;
+        if (!parse_peer_address(item.text, &addr, &why)) {
+          error(item, path, why + ", got " + describe(item));
+        } else if (std::find(c->p2p_schedulers.begin(), c->p2p_schedulers.end(), addr) !=
+                   c->p2p_schedulers.end()) {
+          warn(item, path, "scheduler listed twice");
+        } else {
+          c->p2p_schedulers.push_back(std::move(addr));
+        }
+      }
+    }
+    set_file(find(pm, "clusterSecretFile"), &c->cluster_secret_file);
+    // Checked on what the file asked for, so a list of only bad addresses
+    // still gets this error along with theirs.
+    if (l && !l->kids.empty() && c->cluster_secret_file.empty())
+      error(*scheds.key, "p2p.schedulers",
+            "peers sign every request with the cluster secret: set p2p.clusterSecretFile");
+
+    const Found listen = find(pm, "listen");
+    set_listen(listen, "p2p.listen", &c->peer_listen);
+    if (const Found f = find(pm, "advertise"); auto s = str_of(f)) {
+      std::string why;
+      if (!s->empty() && !parse_peer_address(*s, &c->peer_advertise, &why))
+        error(*f.value, "p2p.advertise", why + ", got " + describe(*f.value));
+    }
+    if (const Node* m = map_of(find(pm, "labels"))) {
+      for (size_t i = 0; i + 1 < m->kids.size(); i += 2) {
+        const Node& key = m->kids[i];
+        const Node& value = m->kids[i + 1];
+        if (key.type != Node::Type::kScalar || value.type == Node::Type::kMap ||
+            value.type == Node::Type::kList || c->peer_labels.count(key.text))
+          continue;  // reported by the walk
+        const std::string path = join("p2p.labels", key.text);
+        std::string why;
+        if (!label_ok(key.text, value.text, &why))
+          error(key, path, why);
+        else
+          c->peer_labels[key.text] = value.text;
+      }
+    }
+    set_count(find(pm, "uploadSlots"), "p2p.uploadSlots", 1, 4096, &c->upload_slots);
+    set_rate(find(pm, "uploadRate"), "p2p.uploadRate", false, &c->upload_rate);
+    set_count(find(pm, "parallelParents"), "p2p.parallelParents", 1, 64, &c->parallel_parents);
+    set_rate(find(pm, "stallRate"), "p2p.stallRate", true, &c->stall_rate);
+    set_duration(find(pm, "stallTime"), "p2p.stallTime", false, &c->stall_time_s);
+
+    // Only a running P2P listener can collide with the other listeners.
+    if (!c->p2p_schedulers.empty()) {
+      const Node& at = listen.key ? listen.at() : *p2p.key;
+      const uint16_t port = c->peer_listen.port;
+      const uint16_t hi = std::max(c->proxy_port_end, c->proxy_listen.port);
+      if (port >= c->proxy_listen.port && port <= hi && overlaps(c->peer_listen, c->proxy_listen))
+        error(at, "p2p.listen", "port " + std::to_string(port) + " is also the proxy's port");
+      else if (port == c->metrics_listen.port && overlaps(c->peer_listen, c->metrics_listen))
+        error(at, "p2p.listen", "port " + std::to_string(port) + " is also the metrics port");
+      else if (c->transparent_mode != Config::TransparentMode::Off && port == c->transparent_port &&
+               (overlaps(c->peer_listen, Endpoint{"127.0.0.1", port}) ||
+                overlaps(c->peer_listen, Endpoint{"::1", port})))
+        error(at, "p2p.listen",
+              "port " + std::to_string(port) + " is also the transparent listener's (transparent.port)");
+    }
+  }
+
+  // Label names are short identifiers (they are sent to the scheduler and
+  // appear in its logs); values are printable text.
+  static bool label_ok(const std::string& key, const std::string& value, std::string* why) {
+    if (key.empty() || key.size() > 63) {
+      *why = "a label name must be 1 to 63 characters";
+      return false;
+    }
+    for (char ch : key) {
+      const bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                      ch == '.' || ch == '_' || ch == '-' || ch == '/';
+      if (!ok) {
+        *why = "a label name may hold letters, digits and . _ - / only";
+        return false;
+      }
+    }
+    if (value.size() > 255) {
+      *why = "a label value must be at most 255 characters";
+      return false;
+    }
+    for (char ch : value) {
+      if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) {
+        *why = "a label value must not hold control characters";
+        return false;
+      }
+    }
+    return true;
+  }
+
+  void extract_scheduler_server(const Node* sm, Config* c) {
+    set_listen(find(sm, "listen"), "schedulerServer.listen", &c->scheduler_listen);
+    set_file(find(sm, "clusterSecretFile"), &c->scheduler_secret_file);
+    set_duration(find(sm, "peerTimeout"), "schedulerServer.peerTimeout", false, &c->scheduler_peer_timeout_s);
+    set_count(find(sm, "originConcurrency"), "schedulerServer.originConcurrency", 1, 64,
+              &c->scheduler_origin_concurrency);
+    set_count(find(sm, "maxParents"), "schedulerServer.maxParents", 1, 64, &c->scheduler_max_parents);
+  }
+
   void extract_connect_ports(const Node* pm, Config* c) {
     const Found f = find(pm, "connectPorts");
     if (const Node* l = list_of(f)) {
@@ -1489,6 +1706,8 @@ class Validator {
     if (auto v = bool_of(find(tls, "fastRecords"))) c->tls_fast_records = *v;
 
     extract_transparent(map_of(find(top, "transparent")), c);
+    extract_p2p(find(top, "p2p"), c);
+    extract_scheduler_server(map_of(find(top, "schedulerServer")), c);
 
     const Node* t = map_of(find(top, "timeouts"));
     set_duration(find(t, "header"), "timeouts.header", false, &c->header_timeout_s);
@@ -1742,6 +1961,81 @@ bool Endpoint::is_loopback() const {
   static const unsigned char kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
   if (std::memcmp(b, kLoop6, 16) == 0) return true;
   return std::memcmp(b, kMapped, 12) == 0 && b[12] == 127;  // ::ffff:127.x.y.z
+}
+
+bool parse_listen_address(std::string_view s, Endpoint* out, std::string* why) {
+  Endpoint e;
+  if (!parse_host_port(s, &e, why)) return false;
+  *out = std::move(e);
+  return true;
+}
+
+bool parse_peer_address(std::string_view s, std::string* out, std::string* why) {
+  Endpoint e;
+  if (!parse_host_port(s, &e, why)) return false;
+  unsigned char b[16] = {};
+  const bool v4 = inet_pton(AF_INET, e.addr.c_str(), b) == 1;
+  if (!v4) inet_pton(AF_INET6, e.addr.c_str(), b);
+  if (std::all_of(b, b + (v4 ? 4 : 16), [](unsigned char x) { return x == 0; })) {
+    *why = "needs the address others connect to, not " + (v4 ? std::string("0.0.0.0") : std::string("::")) +
+           " or an empty host";
+    return false;
+  }
+  *out = (v4 ? e.addr : "[" + e.addr + "]") + ":" + std::to_string(e.port);
+  return true;
+}
+
+bool parse_rate(std::string_view s, uint64_t* out, std::string* why) {
+  *why = "expected a rate in bytes per second, e.g. 1048576, 100MiB, 80Mbit";
+  size_t i = 0;
+  while (i < s.size() && ((s[i] >= '0' && s[i] <= '9') || s[i] == '.')) ++i;
+  if (i == 0) {
+    if (!s.empty() && s[0] == '-') *why = "must not be negative";
+    return false;
+  }
+  const std::string num(s.substr(0, i));
+  char* end = nullptr;
+  const double n = std::strtod(num.c_str(), &end);
+  if (end != num.c_str() + num.size()) return false;
+  std::string_view unit = s.substr(i);
+  if (!unit.empty() && unit.front() == ' ') unit.remove_prefix(1);
+  if (unit.size() >= 2 && unit.substr(unit.size() - 2) == "/s") unit.remove_suffix(2);
+  struct Unit {
+    const char* name;
+    double mult;
+  };
+  static constexpr Unit kUnits[] = {
+      {"", 1},           {"B", 1},          {"K", 1e3},         {"k", 1e3},        {"KB", 1e3},
+      {"kB", 1e3},       {"M", 1e6},        {"MB", 1e6},        {"G", 1e9},        {"GB", 1e9},
+      {"T", 1e12},       {"TB", 1e12},      {"Ki", 0x1p10},     {"KiB", 0x1p10},   {"Mi", 0x1p20},
+      {"MiB", 0x1p20},   {"Gi", 0x1p30},    {"GiB", 0x1p30},    {"Ti", 0x1p40},    {"TiB", 0x1p40},
+      {"bit", 1.0 / 8},  {"Kbit", 1e3 / 8}, {"kbit", 1e3 / 8},  {"Mbit", 1e6 / 8}, {"mbit", 1e6 / 8},
+      {"Gbit", 1e9 / 8}, {"gbit", 1e9 / 8}, {"Tbit", 1e12 / 8}, {"Kibit", 0x1p7},  {"Mibit", 0x1p17},
+      {"Gibit", 0x1p27},
+  };
+  const Unit* u = nullptr;
+  for (const Unit& k : kUnits)
+    if (unit == k.name) u = &k;
+  if (!u) {
+    const std::string l = lower(unit);
+    if (l == "b" || l == "kb" || l == "mb" || l == "gb" || l == "tb") {
+      const std::string prefix =
+          l == "b" ? "" : std::string(1, static_cast<char>(std::toupper(static_cast<unsigned char>(l[0]))));
+      *why = "\"" + std::string(unit) + "\" is ambiguous: write " + prefix + "B for bytes or " + prefix +
+             "bit for bits";
+    } else {
+      *why =
+          "unknown unit \"" + std::string(unit) + "\"; use B, KB, MB, GB, KiB, MiB, GiB, Kbit, Mbit or Gbit";
+    }
+    return false;
+  }
+  const double bytes = n * u->mult;
+  if (!std::isfinite(bytes) || bytes >= 0x1p62) {
+    *why = "is too large";
+    return false;
+  }
+  *out = static_cast<uint64_t>(bytes);
+  return true;
 }
 
 LoadResult load_file(const std::string& path) {

@@ -21,6 +21,8 @@
 #include "interception.h"
 #include "shoal/obs/log.h"
 #include "shoal/obs/metrics.h"
+#include "shoal/p2p/auth.h"
+#include "shoal/p2p/engine.h"
 #include "shoal/proxy/runtime.h"
 #include "shoal/proxy/worker.h"
 #include "shoal/task/store.h"
@@ -70,15 +72,27 @@ config::LoadResult load_config(const Options& opts) {
   if (o.metrics_listen) c->metrics_listen = *o.metrics_listen;
   if (o.workers) c->workers = *o.workers;
   if (o.transparent_mode) c->transparent_mode = *o.transparent_mode;
+  if (o.peer_listen) c->peer_listen = *o.peer_listen;
+  if (o.peer_advertise) c->peer_advertise = *o.peer_advertise;
+  if (o.p2p_schedulers) c->p2p_schedulers = *o.p2p_schedulers;
+  if (o.cluster_secret_file) c->cluster_secret_file = *o.cluster_secret_file;
+  bool bad = false;
   if (!c->proxy_listen.is_loopback() && !c->basic_auth && c->white_list.empty()) {
     lr.diags.push_back({"<command line>", 0, 0, "proxy.tcpListen",
                         "listening on non-loopback " + c->proxy_listen.addr +
                             " needs proxy.basicAuth or proxy.whiteList (Shoal is not an open relay)",
                         false});
-    lr.config = nullptr;
-    return lr;
+    bad = true;
   }
-  lr.config = c;
+  // The file passed this rule on its own; --scheduler can break it.
+  if (!c->p2p_schedulers.empty() && c->cluster_secret_file.empty()) {
+    lr.diags.push_back({"<command line>", 0, 0, "p2p.schedulers",
+                        "peers sign every request with the cluster secret: give --cluster-secret-file "
+                        "or set p2p.clusterSecretFile",
+                        false});
+    bad = true;
+  }
+  lr.config = bad ? nullptr : c;
   return lr;
 }
 
@@ -175,6 +189,13 @@ class Daemon {
   uv_loop_t loop_{};
   proxy::Shared shared_;
   std::vector<std::unique_ptr<proxy::Worker>> workers_;
+  // P2P: its own loop (a Worker without listeners), the origin access the
+  // engine borrows from the proxy, and the engine. Destroyed in reverse.
+  std::unique_ptr<proxy::Worker> p2p_worker_;
+  std::unique_ptr<p2p::OriginFetcher> origin_fetcher_;
+  std::unique_ptr<p2p::Engine> p2p_;
+  int setup_p2p(int index, std::string* err);
+  void stop_p2p();
   Interception icpt_;
   bool transparent_v6_ = false;
   uv_signal_t sig_hup_{}, sig_usr1_{}, sig_term_{}, sig_int_{};
@@ -210,6 +231,11 @@ int Daemon::run() {
       w->start();
       w->join();
     }
+    if (p2p_worker_) {
+      stop_p2p();
+      p2p_worker_->start();
+      p2p_worker_->join();
+    }
     icpt_.stop();
     uv_walk(
         &loop_,
@@ -223,6 +249,7 @@ int Daemon::run() {
   }
   uv_run(&loop_, UV_RUN_DEFAULT);
   for (auto& w : workers_) w->join();
+  if (p2p_worker_) p2p_worker_->join();
   // Hooks and rules go only once no worker can look an address up.
   icpt_.stop();
   uv_run(&loop_, UV_RUN_NOWAIT);
@@ -294,6 +321,8 @@ int Daemon::setup(std::string* err) {
     if (r != 0) return 1;
   }
   if (!icpt_.setup(*cfg_, shared_, &loop_, err)) return 1;
+  // After interception: its SO_MARK goes on the engine's sockets too.
+  if (setup_p2p(n, err) != 0) return 1;
   if (icpt_.active()) {
     config::Endpoint t4{"127.0.0.1", cfg_->transparent_port};
     if (!port_free(t4, err)) return 1;
@@ -336,6 +365,7 @@ int Daemon::setup(std::string* err) {
   }
 
   for (auto& w : workers_) w->start();
+  if (p2p_worker_) p2p_worker_->start();
   log_info("shoald started")
       .str("version", SHOAL_VERSION)
       .str("config", cfg_->source)
@@ -357,6 +387,85 @@ int Daemon::setup(std::string* err) {
           cfg_->hijack ? "TLS interception on" : "TLS interception off (no hijackHTTPS CA)",
           obs::log_path().c_str());
   return 0;
+}
+
+// --- P2P ----------------------------------------------------------------------
+
+// The address other peers reach our upload server at: p2p.advertise, else
+// the listen address when it is a specific one, else the source address
+// this host uses towards the first scheduler.
+std::string derive_advertise(const config::Config& c, std::string* err) {
+  if (!c.peer_advertise.empty()) return c.peer_advertise;
+  const std::string& a = c.peer_listen.addr;
+  bool v6 = a.find(':') != std::string::npos;
+  if (a != "0.0.0.0" && a != "::") return (v6 ? "[" + a + "]" : a) + ":" + std::to_string(c.peer_listen.port);
+  sockaddr_storage ss{};
+  config::Endpoint e;
+  if (!parse_endpoint(c.p2p_schedulers.front(), &e)) {
+    *err = "cannot parse scheduler address " + c.p2p_schedulers.front();
+    return "";
+  }
+  bool s6 = e.addr.find(':') != std::string::npos;
+  int fd = socket(s6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s6)
+    uv_ip6_addr(e.addr.c_str(), e.port, reinterpret_cast<sockaddr_in6*>(&ss));
+  else
+    uv_ip4_addr(e.addr.c_str(), e.port, reinterpret_cast<sockaddr_in*>(&ss));
+  socklen_t len = sizeof ss;
+  // A UDP connect sends nothing; it only asks the kernel for the route.
+  if (fd < 0 ||
+      connect(fd, reinterpret_cast<sockaddr*>(&ss), s6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in)) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+    *err = "cannot find this host's address towards " + c.p2p_schedulers.front() + " (" + strerror(errno) +
+           "): set p2p.advertise or --advertise";
+    if (fd >= 0) close(fd);
+    return "";
+  }
+  close(fd);
+  char ip[64] = "";
+  if (s6)
+    uv_ip6_name(reinterpret_cast<sockaddr_in6*>(&ss), ip, sizeof ip);
+  else
+    uv_ip4_name(reinterpret_cast<sockaddr_in*>(&ss), ip, sizeof ip);
+  return (s6 ? "[" + std::string(ip) + "]" : std::string(ip)) + ":" + std::to_string(c.peer_listen.port);
+}
+
+int Daemon::setup_p2p(int index, std::string* err) {
+  if (cfg_->p2p_schedulers.empty()) return 0;
+  if (!shared_.engine) {
+    log_warn("p2p off: the task store is unavailable");
+    return 0;
+  }
+  p2p::EngineOptions eo;
+  if (!p2p::load_secret_file(cfg_->cluster_secret_file, &eo.secret, err)) return 1;
+  eo.peer_id = shared_.peer_id;
+  eo.schedulers = cfg_->p2p_schedulers;
+  eo.listen_addr = cfg_->peer_listen.addr;
+  eo.listen_port = cfg_->peer_listen.port;
+  eo.advertise = derive_advertise(*cfg_, err);
+  if (eo.advertise.empty()) return 1;
+  eo.labels = cfg_->peer_labels;
+  eo.upload_slots = cfg_->upload_slots;
+  eo.upload_rate = cfg_->upload_rate;
+  eo.parallel_parents = cfg_->parallel_parents;
+  eo.stall_rate = cfg_->stall_rate;
+  eo.stall_time_s = cfg_->stall_time_s;
+  eo.mark = shared_.mark;
+  p2p_worker_ = std::make_unique<proxy::Worker>(shared_, index);
+  origin_fetcher_ = proxy::make_origin_fetcher(*p2p_worker_);
+  p2p_ = std::make_unique<p2p::Engine>(p2p_worker_->loop(), shared_.engine.get(), origin_fetcher_.get(), eo);
+  // The loop thread has not started: listening here reports errors at start.
+  if (p2p_->start(err) != 0) return 1;
+  shared_.p2p = p2p_.get();
+  shared_.p2p_worker = p2p_worker_.get();
+  return 0;
+}
+
+void Daemon::stop_p2p() {
+  if (!p2p_worker_ || !p2p_) return;
+  proxy::Worker* w = p2p_worker_.get();
+  p2p::Engine* e = p2p_.get();
+  w->post([w, e] { e->stop([w] { w->stop_accepting(); }); });
 }
 
 // --- Admin socket -------------------------------------------------------------
@@ -809,6 +918,9 @@ void Daemon::check_stop() {
 void Daemon::finish() {
   if (finished_) return;
   finished_ = true;
+  // Clients are gone: downloads still running are given up, uploads to
+  // other peers cut (they switch parent), the schedulers told we leave.
+  stop_p2p();
   uv_timer_stop(&stop_timer_);
   uv_close(reinterpret_cast<uv_handle_t*>(&stop_timer_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&gc_timer_), nullptr);

@@ -127,6 +127,10 @@ struct Conn::ResponseHandler : http::Handler {
     if (ex.auth_check) {
       ex.auth_status = head.status;
       ex.up_keep_alive = head.keep_alive;
+      if (ex.p2p_head) {
+        ex.head_length = head.chunked ? -1 : head.content_length;
+        ex.head_headers = head.headers;
+      }
       return 0;
     }
     if (ex.resume) {

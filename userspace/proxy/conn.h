@@ -123,6 +123,18 @@ class Conn : public http::Handler, public UpstreamOwner {
     uint64_t resume_from = 0;
     bool auth_check = false;  // a HEAD with the client's credentials is out
     int auth_status = 0;
+    // The HEAD is the P2P owner's: its answer (length, headers) starts the
+    // piece download.
+    bool p2p_head = false;
+    int64_t head_length = -1;
+    std::vector<http::Header> head_headers;
+    // Where the HEAD goes now: it follows redirects as a GET would.
+    std::string head_host, head_path;
+    uint16_t head_port = 0;
+    bool head_https = true;
+    std::vector<http::Header> head_req;
+    int head_redirects = 0;
+    int task_attempts = 0;  // fallbacks to a fresh task for this request
     std::string auth_key;
     int status = 0;
     uint64_t resp_bytes = 0;
@@ -216,6 +228,11 @@ class Conn : public http::Handler, public UpstreamOwner {
   void follow_redirect();
   void auth_check_begin();
   void auth_checked(bool timed_out);
+  void p2p_head_begin();
+  void p2p_head_send();
+  bool p2p_head_follow();
+  void p2p_head_done(bool timed_out);
+  void owner_fetch_whole();
   bool redirect_pending_ = false;
   bool auth_pending_ = false;
   std::unique_ptr<Tee> tee_;

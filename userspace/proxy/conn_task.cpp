@@ -23,6 +23,7 @@
 #include "conn.h"
 #include "shoal/obs/log.h"
 #include "shoal/obs/metrics.h"
+#include "shoal/p2p/engine.h"
 #include "shoal/task/task_id.h"
 
 namespace shoal::proxy {
@@ -135,6 +136,14 @@ bool Conn::start_task(const std::string& url) {
     auth_check_begin();
     return true;
   }
+  if (w_.shared().p2p) {
+    // With P2P the object comes piece by piece from the cluster: first a
+    // HEAD with the client's own headers for its length (and for the
+    // client's right to read it), then the P2P engine takes over.
+    ex_.source = "p2p";
+    p2p_head_begin();
+    return true;
+  }
   // The owner: fetch from the origin below (start_exchange goes on), and
   // serve our own client from the file like everyone else.
   tee_ = std::make_unique<Tee>();
@@ -146,6 +155,157 @@ bool Conn::start_task(const std::string& url) {
   tm().back_to_source.inc();
   serve_begin();
   return false;
+}
+
+void Conn::p2p_head_begin() {
+  ex_.head_host = ex_.host;
+  ex_.head_port = ex_.port;
+  ex_.head_https = ex_.https;
+  ex_.head_path = ex_.path;
+  ex_.head_redirects = 0;
+  ex_.head_req.clear();
+  for (auto& h : ex_.req_headers)
+    if (!http::iequals(h.name, "Range") && !http::iequals(h.name, "If-Range")) ex_.head_req.push_back(h);
+  p2p_head_send();
+}
+
+void Conn::p2p_head_send() {
+  ex_.auth_check = true;
+  ex_.p2p_head = true;
+  ex_.auth_status = 0;
+  ex_.head_length = -1;
+  ex_.head_headers.clear();
+  std::string out = http::serialize_request_head("HEAD", ex_.head_path, ex_.head_req);
+  Upstream* u = get_upstream(ex_.head_host, ex_.head_port, ex_.head_https);
+  if (!u) return;  // upstream_failed answered already
+  u->parser->expect_no_body();
+  send_upstream(out.data(), out.size());
+  arm_timer(rt_->cfg->connect_timeout_s);
+  update_reads();
+}
+
+// A redirect of the HEAD (a registry sending blobs to its storage): asked
+// again where it points, without the registry's Authorization when the
+// host changes. False when it cannot be followed.
+bool Conn::p2p_head_follow() {
+  const std::string* loc = nullptr;
+  for (auto& h : ex_.head_headers)
+    if (http::iequals(h.name, "Location")) loc = &h.value;
+  if (!loc || ++ex_.head_redirects > 10) return false;
+  std::string host = ex_.head_host, path;
+  uint16_t port = ex_.head_port;
+  bool https = ex_.head_https;
+  http::Url u;
+  if (http::parse_absolute_url(*loc, &u)) {
+    host = u.host;
+    https = u.scheme == "https";
+    port = u.port ? u.port : (https ? 443 : 80);
+    path = u.path;
+  } else if (!loc->empty() && (*loc)[0] == '/') {
+    path = *loc;
+  } else {
+    return false;
+  }
+  bool same = http::iequals(host, ex_.head_host) && port == ex_.head_port && https == ex_.head_https;
+  std::vector<http::Header> hs;
+  for (auto& h : ex_.head_req) {
+    if (!same && http::iequals(h.name, "Authorization")) continue;
+    if (http::iequals(h.name, "Host")) {
+      bool def = (https && port == 443) || (!https && port == 80);
+      hs.push_back({h.name, def ? host : host_port(host, port)});
+      continue;
+    }
+    hs.push_back(h);
+  }
+  ex_.head_req = hs;
+  ex_.head_host = host;
+  ex_.head_port = port;
+  ex_.head_https = https;
+  ex_.head_path = path;
+  if (up_) {
+    up_->release();
+    up_ = nullptr;
+  }
+  p2p_head_send();
+  return true;
+}
+
+// The P2P owner's HEAD came back. A plain object of known length goes to
+// the P2P engine, and this client is served from the task like a joiner;
+// anything else (an error, a redirect, no length) is fetched whole from the
+// origin as without P2P, so the client gets exactly the origin's answer.
+void Conn::p2p_head_done(bool timed_out) {
+  auth_pending_ = false;
+  ex_.auth_check = false;
+  ex_.p2p_head = false;
+  int st = ex_.auth_status;
+  if (up_ && (timed_out || !ex_.up_keep_alive)) {
+    up_->release();
+    up_ = nullptr;
+  }
+  if (up_) up_->busy_exchange = false;
+  bool encoded = false;
+  for (auto& h : ex_.head_headers)
+    if (http::iequals(h.name, "Content-Encoding") && !http::iequals(h.value, "identity")) encoded = true;
+  if (!timed_out && (st == 301 || st == 302 || st == 303 || st == 307 || st == 308) && p2p_head_follow())
+    return;
+  if (timed_out || st != 200 || ex_.head_length <= 0 || encoded) {
+    if (timed_out)
+      obs::log_warn("HEAD to the origin timed out; fetching the object whole").str("path", ex_.path);
+    owner_fetch_whole();
+    return;
+  }
+  std::string cred;
+  for (auto& h : ex_.req_headers)
+    if (http::iequals(h.name, "Authorization")) cred = h.value;
+  ex_.auth_key =
+      host_port(ex_.host, ex_.port) + " " + task::repo_in_path(ex_.path) + " " + task::sha256_hex(cred);
+  w_.shared().auth_remember(ex_.auth_key, now_ms() + 60 * 1000);
+  p2p::OriginRequest req;
+  req.host = ex_.host;
+  req.port = ex_.port;
+  req.https = ex_.https;
+  req.path = ex_.path;
+  for (auto& h : ex_.req_headers)
+    if (!http::iequals(h.name, "Range") && !http::iequals(h.name, "If-Range") &&
+        !http::iequals(h.name, "Connection"))
+      req.headers.push_back(h);
+  if (transparent_ && ex_.host == connect_host_ && ex_.port == connect_port_) req.dial = dial_ip_;
+  task::ActiveTask::Headers kept;
+  for (auto& h : ex_.head_headers)
+    if (kept_header(h.name)) kept.emplace_back(h.name, h.value);
+  auto t = serve_.task;
+  uint64_t length = static_cast<uint64_t>(ex_.head_length);
+  p2p::Engine* engine = w_.shared().p2p;
+  std::string url = ex_.url;
+  w_.shared().p2p_worker->post(
+      [engine, t, url, length, kept, req] { engine->download(t, url, length, kept, req); });
+  arm_timer(rt_->cfg->idle_timeout_s);
+  serve_begin();
+}
+
+// Without P2P for this object: this connection fetches it whole from the
+// origin as the task's owner (see the top of this file).
+void Conn::owner_fetch_whole() {
+  tee_ = std::make_unique<Tee>();
+  tee_->task = serve_.task;
+  tee_->url = ex_.url;
+  tee_->start_ms = now_ms();
+  ex_.tee = true;
+  ex_.source = "origin";
+  tm().back_to_source.inc();
+  serve_begin();
+  std::vector<http::Header> whole;
+  for (auto& h : ex_.req_headers)
+    if (!ex_.range || (!http::iequals(h.name, "Range") && !http::iequals(h.name, "If-Range")))
+      whole.push_back(h);
+  ex_.req_headers = whole;
+  std::string out = http::serialize_request_head("GET", ex_.path, whole);
+  Upstream* u = get_upstream(ex_.host, ex_.port, ex_.https);
+  if (!u) return;
+  send_upstream(out.data(), out.size());
+  arm_timer(rt_->cfg->idle_timeout_s);
+  update_reads();
 }
 
 // Bytes this client did not fetch itself (stored, or being fetched for
@@ -180,6 +340,10 @@ void Conn::auth_check_begin() {
 }
 
 void Conn::auth_checked(bool timed_out) {
+  if (ex_.p2p_head) {
+    p2p_head_done(timed_out);
+    return;
+  }
   auth_pending_ = false;
   ex_.auth_check = false;
   int st = ex_.auth_status;
@@ -467,6 +631,13 @@ void Conn::serve_fallback() {
   bool passthrough = serve_.task && serve_.task->passthrough();
   serve_stop();
   serve_.task.reset();
+  // A download that keeps failing (an origin that lies about the object,
+  // poisoned piece hashes) must not loop: after two tries the client asks
+  // the origin itself and gets exactly its answer.
+  if (!passthrough && ++ex_.task_attempts >= 2) {
+    obs::log_warn("task failed twice for this request; forwarding it to the origin").str("task", serve_.id);
+    passthrough = true;
+  }
   if (!passthrough) {
     if (start_task(ex_.url)) return;
     std::vector<http::Header> hs;
@@ -792,6 +963,10 @@ void Conn::tee_finished() {
         .num("bytes_origin", static_cast<int64_t>(t->length))
         .num("bytes_peer", 0)
         .str("component", "PeerTask");
+    if (p2p::Engine* p2p = w_.shared().p2p) {
+      std::string id = t->task->id();
+      w_.shared().p2p_worker->post([p2p, id] { p2p->announce_stored(id); });
+    }
     return;
   }
   std::string why;

@@ -5,13 +5,19 @@
 // top level and under proxy:, every other dfget key as "accepted, ignored"
 // (a warning) unless Shoal implements it. Relative paths resolve against the
 // file's directory. Defaults live in defaults in this header and nowhere else.
+// Shoal's own sections: workers, log, admin, metrics, shutdown, tls,
+// timeouts, transparent, proxy.{connectPorts,authCheck}, p2p (the peer side
+// of peer-to-peer sharing; on when p2p.schedulers is not empty) and
+// schedulerServer (read by `shoald scheduler`); config.cpp documents each key.
 // A Config is immutable once loaded and is shared (shared_ptr<const Config>)
 // by every thread; reload builds a new one.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace shoal::config {
@@ -127,6 +133,24 @@ struct Config {
   bool auth_check = true;           // proxy.authCheck
   double task_expire_s = 6 * 3600;  // storage.taskExpireTime (Dragonfly's default)
   uint64_t disk_quota_bytes = 0;    // storage.diskGCThreshold; 0 = no quota
+
+  // P2P, peer side (p2p.*). P2P is on when p2p_schedulers is not empty.
+  std::vector<std::string> p2p_schedulers;  // p2p.schedulers: ["ip:port", ...] (IP literals; [v6]:port)
+  std::string cluster_secret_file;          // p2p.clusterSecretFile (absolute, resolved like other paths)
+  Endpoint peer_listen{"0.0.0.0", 65002};   // p2p.listen "ip:port"
+  std::string peer_advertise;               // p2p.advertise "ip:port"; "" = derive at start
+  std::map<std::string, std::string> peer_labels;  // p2p.labels: mapping of strings (e.g. rack: r12)
+  uint32_t upload_slots = 16;                      // p2p.uploadSlots (1..4096)
+  uint64_t upload_rate = 0;         // p2p.uploadRate, bytes/s, 0 = unlimited; syntax: see parse_rate()
+  uint32_t parallel_parents = 4;    // p2p.parallelParents (1..64)
+  uint64_t stall_rate = 64 * 1024;  // p2p.stallRate, bytes/s (same syntax as uploadRate)
+  double stall_time_s = 5.0;        // p2p.stallTime (duration, like other durations in the file)
+  // Scheduler role (schedulerServer.*), read by `shoald scheduler`.
+  Endpoint scheduler_listen{"0.0.0.0", 8002};  // schedulerServer.listen
+  std::string scheduler_secret_file;           // schedulerServer.clusterSecretFile
+  double scheduler_peer_timeout_s = 15.0;      // schedulerServer.peerTimeout (duration)
+  uint32_t scheduler_origin_concurrency = 2;   // schedulerServer.originConcurrency (1..64)
+  uint32_t scheduler_max_parents = 8;          // schedulerServer.maxParents (1..64)
 };
 
 struct LoadResult {
@@ -143,6 +167,26 @@ LoadResult load_string(const std::string& yaml, const std::string& name, const s
 // The embedded default configuration's YAML (explicit proxy on
 // 127.0.0.1:65001, the guide's two rules, no hijacking).
 const char* embedded_default_yaml();
+
+// The address parsers behind the config keys, shared with the command line
+// so that a flag accepts exactly what its key does. Pure; any thread.
+//
+// A listener: "ip:port", "[v6]:port" or ":port" (every address, as in Go).
+// The host must be an IP literal, the port 1-65535.
+bool parse_listen_address(std::string_view s, Endpoint* out, std::string* why);
+// An address other hosts connect to (p2p.schedulers entries,
+// p2p.advertise): like a listener but with an explicit, specified host
+// (not ":port", 0.0.0.0 or ::). *out gets the canonical spelling,
+// "10.0.0.5:8002" or "[fd00::5]:8002".
+bool parse_peer_address(std::string_view s, std::string* out, std::string* why);
+// A rate in bytes per second (p2p.uploadRate, p2p.stallRate): a plain
+// number of bytes, or a number with a unit, optionally followed by "/s":
+// B; K KB M MB G GB T TB (powers of 1000); Ki KiB Mi MiB Gi GiB Ti TiB
+// (powers of 1024); bit Kbit Mbit Gbit Tbit (powers of 1000 bits; kbit,
+// mbit, gbit as tc writes them, and Kibit Mibit Gibit too). Fractions are
+// allowed ("1.5GiB") and round down to whole bytes. "Mb", "kb" and the like
+// are refused as ambiguous (bits or bytes?).
+bool parse_rate(std::string_view s, uint64_t* out, std::string* why);
 LoadResult load_embedded_default();
 
 // Checks what validation cannot see from the text alone: every regex

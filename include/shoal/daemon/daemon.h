@@ -19,6 +19,12 @@ struct Overrides {
   std::optional<config::Endpoint> proxy_listen, metrics_listen;
   std::optional<int> workers;
   std::optional<config::Config::TransparentMode> transparent_mode;
+  // P2P, peer side. Each holds what the matching p2p.* key would, already
+  // checked by the same parser (shoal/config/config.h).
+  std::optional<config::Endpoint> peer_listen;             // --peer-listen
+  std::optional<std::string> peer_advertise;               // --advertise, canonical "ip:port"
+  std::optional<std::vector<std::string>> p2p_schedulers;  // --scheduler, replaces the list
+  std::optional<std::string> cluster_secret_file;          // --cluster-secret-file, absolute
 };
 
 struct Options {
@@ -27,8 +33,11 @@ struct Options {
   Overrides overrides;
 };
 
-// Loads and validates the configuration named by opts, applies overrides.
-// Diagnostics (warnings too) are appended to *diags.
+// Loads and validates the configuration named by opts, applies overrides,
+// then checks again the rules an override can break (an open proxy
+// listener; schedulers without a cluster secret), reporting those as
+// "<command line>" errors. The result's diags hold warnings too; its config
+// is null when anything failed.
 config::LoadResult load_config(const Options& opts);
 
 // Runs until SIGTERM/SIGINT; returns the process exit code.

@@ -21,6 +21,11 @@
 #include "shoal/task/engine.h"
 #include "shoal/tls/session.h"
 
+namespace shoal::p2p {
+class Engine;
+class OriginFetcher;
+}  // namespace shoal::p2p
+
 namespace shoal::proxy {
 
 class Conn;
@@ -135,6 +140,10 @@ class Shared {
   // The task engine; null when the data directory could not be opened (then
   // p2p-routed requests are forwarded to the origin and a warning says why).
   std::unique_ptr<task::Engine> engine;
+  // P2P (null when p2p.schedulers is empty): the engine runs on its own
+  // worker's loop; proxy loops reach it with p2p_worker->post().
+  p2p::Engine* p2p = nullptr;
+  Worker* p2p_worker = nullptr;
   // proxy.authCheck answers: key (origin, repository, credential hash) ->
   // when the "allowed" answer expires (uv time, ms). Allowed answers only.
   bool auth_cached(const std::string& key, uint64_t now_ms);
@@ -149,5 +158,9 @@ class Shared {
   std::shared_ptr<const Runtime> rt_;
   std::atomic<int64_t> active_{0};
 };
+
+// The P2P engine's way to the origin (Range GETs with a client's own
+// headers, TLS verified as for the client), running on w's loop.
+std::unique_ptr<p2p::OriginFetcher> make_origin_fetcher(Worker& w);
 
 }  // namespace shoal::proxy

@@ -1,0 +1,138 @@
+// The peer side of P2P on one host: talks to the schedulers, downloads
+// tasks piece by piece from other peers (and from the origin for the pieces
+// the scheduler hands it), and serves what it holds through the upload
+// server.
+//
+//   proxy Conn (a client asks for a blob nobody here has)
+//     └─ HEAD to the origin with the client's own headers (length, access)
+//        └─ Engine::download(task, ...)       ─┐ on the engine's loop
+//             PeerTask: scheduler ─ parents    │
+//               pieces from ≥4 parents at once ├─ verified (SHA-256 per piece),
+//               pieces the scheduler assigns   │  written into the task's file;
+//                 us from the origin (Range,   │  the contiguous prefix goes to
+//                 the client's headers)        │  the ActiveTask, whose readers
+//             whole object hashed → commit     │  are the clients
+//
+// Credentials never leave this host: the origin request (with the client's
+// Authorization) stays inside the PeerTask; the scheduler and other peers
+// see task ids, piece indices and hashes only.
+//
+// Threads: Engine lives on one libuv loop (a proxy Worker without
+// listeners); every member function is loop-thread only unless it says
+// otherwise. ActiveTask is thread-safe and is how the proxy's loops see
+// progress.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "shoal/http/http.h"
+#include "shoal/p2p/protocol.h"
+#include "shoal/task/engine.h"
+
+namespace shoal::p2p {
+
+// What the proxy module needs to repeat a client's GET to the origin.
+struct OriginRequest {
+  std::string host;
+  uint16_t port = 443;
+  bool https = true;
+  std::string path;
+  std::vector<http::Header> headers;  // the client's, minus Range and hop-by-hop
+  std::string dial;                   // IP to connect to instead of resolving host (transparent)
+};
+
+// Fetches byte ranges from the origin; implemented by the proxy module
+// (which owns the HTTPS client). Loop-thread only.
+class OriginFetcher {
+ public:
+  virtual ~OriginFetcher() = default;
+  // error 0: bytes holds exactly the range; else why says what went wrong.
+  using Done = std::function<void(int error, const std::string& why, std::vector<char>& bytes)>;
+  // Fetches [offset, offset + len) of an object of total bytes with a Range
+  // request (following redirects). done runs once, never inside fetch(),
+  // unless cancel(handle) ran first. *progress (may be null) counts bytes as
+  // they arrive, for stall detection; it must outlive the fetch.
+  virtual uint64_t fetch(const OriginRequest& req, uint64_t offset, uint64_t len, uint64_t total,
+                         uint64_t* progress, Done done) = 0;
+  virtual void cancel(uint64_t handle) = 0;
+};
+
+struct EngineOptions {
+  std::string peer_id;
+  std::vector<std::string> schedulers;  // "ip:port"
+  std::string secret;
+  std::string listen_addr = "0.0.0.0";
+  uint16_t listen_port = 65002;
+  std::string advertise;  // "ip:port"
+  Labels labels;
+  uint32_t upload_slots = 16;
+  uint64_t upload_rate = 0;
+  uint32_t parallel_parents = 4;
+  uint64_t stall_rate = 64 * 1024;
+  double stall_time_s = 5.0;
+  uint32_t mark = 0;  // SO_MARK on peer and scheduler connections
+};
+
+class PeerTask;
+class SchedulerClient;
+class UploadServer;
+class Verifier;
+class Signer;
+
+class Engine {
+ public:
+  Engine(uv_loop_t* loop, task::Engine* tasks, OriginFetcher* origin, EngineOptions opts);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Listens for peers and registers with the schedulers. 0 or a negative
+  // libuv error with *err saying what.
+  int start(std::string* err);
+  // Stops downloads (their tasks fail; readers resume from the origin),
+  // leaves the schedulers, closes the upload server; done runs when every
+  // handle is closed.
+  void stop(std::function<void()> done);
+
+  // Downloads t, whose owner this host is (Starting): length and the
+  // headers to serve are known from the origin's answer to a HEAD. The task
+  // goes Streaming at once and Complete or Failed later; the engine retires
+  // it from the task table.
+  void download(std::shared_ptr<task::ActiveTask> t, const std::string& url, uint64_t length,
+                task::ActiveTask::Headers headers, OriginRequest req);
+  // A task the whole-object path stored: tell its scheduler we hold it.
+  void announce_stored(const std::string& id);
+
+  // For PeerTask and the upload server.
+  uv_loop_t* loop() { return loop_; }
+  task::Engine& tasks() { return *tasks_; }
+  OriginFetcher& origin() { return *origin_; }
+  SchedulerClient& scheduler() { return *sched_; }
+  const EngineOptions& options() const { return opts_; }
+  Signer& signer() { return *signer_; }
+  void task_finished(PeerTask* pt);  // PeerTask is done: the engine frees it
+  size_t downloads() const { return downloads_.size(); }
+
+ private:
+  class Source;
+  uv_loop_t* loop_;
+  task::Engine* tasks_;
+  OriginFetcher* origin_;
+  EngineOptions opts_;
+  std::unique_ptr<Signer> signer_;
+  std::unique_ptr<Verifier> verifier_;
+  std::unique_ptr<SchedulerClient> sched_;
+  std::unique_ptr<Source> source_;
+  std::unique_ptr<UploadServer> upload_;
+  std::map<std::string, PeerTask*> downloads_;  // each frees itself after finish()
+  bool stopping_ = false;
+};
+
+}  // namespace shoal::p2p

@@ -1,0 +1,78 @@
+// The peer's upload server: serves verified pieces of the tasks this host
+// holds to other peers (GET /v1/tasks/<id>/pieces/<n>, signed; see
+// protocol.h and auth.h). Runs on one libuv loop; every member function is
+// loop-thread only.
+//
+// Limits: at most `slots` pieces are sent at once (more get 503 with
+// Retry-After: 1 right away, so the asker tries another parent instead of
+// queueing behind us), and all uploads together stay under `rate` bytes per
+// second (a token bucket; 0 = unlimited). A request without a valid
+// signature and a request for a piece this host does not hold get the same
+// 403, so an outsider learns nothing about what is here.
+//
+// Ownership: the server owns its connections; each frees itself in its
+// last close callback. A file read in flight keeps its connection alive
+// until it returns.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "shoal/p2p/auth.h"
+
+namespace shoal::p2p {
+
+// Where the bytes of a piece are: an fd to pread from. The source decides
+// whether the piece is held (verified) and keeps the data readable until
+// release() (an in-progress download's file, or a stored task pinned
+// against GC).
+struct PieceRef {
+  int fd = -1;
+  uint64_t offset = 0;  // of the piece in the file
+  uint32_t length = 0;  // the piece's length (the last piece may be short)
+  uint64_t token = 0;   // the source's, handed back to release()
+};
+
+class PieceSource {
+ public:
+  virtual ~PieceSource() = default;
+  // True and *out filled when this host holds the verified piece.
+  virtual bool open_piece(const std::string& task_id, uint32_t index, PieceRef* out) = 0;
+  virtual void release_piece(const PieceRef& ref) = 0;
+};
+
+class UploadServer {
+ public:
+  struct Options {
+    uint32_t slots = 16;
+    uint64_t rate = 0;  // bytes per second, 0 = unlimited
+  };
+  UploadServer(uv_loop_t* loop, PieceSource* source, Verifier* verifier, Options opts);
+  ~UploadServer();  // close() must have completed
+  UploadServer(const UploadServer&) = delete;
+  UploadServer& operator=(const UploadServer&) = delete;
+
+  // Binds and listens; 0, or a negative libuv error with *err saying what.
+  int listen(const std::string& addr, uint16_t port, std::string* err);
+  // The port actually bound (useful with port 0).
+  uint16_t port() const;
+  // Stops listening and resets every connection; done runs once all handles
+  // are closed.
+  void close(std::function<void()> done);
+  uint32_t busy_slots() const;
+  uint32_t free_slots() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Tests only: the request-head and idle timeouts (30 s and 60 s), in ms, for
+// servers on every loop. Call before the loop runs.
+void set_upload_timeouts_for_test(uint64_t header_ms, uint64_t idle_ms);
+
+}  // namespace shoal::p2p

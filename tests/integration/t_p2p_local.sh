@@ -1,0 +1,171 @@
+#!/bin/bash
+# P2P on one machine (loopback): a scheduler and two shoalds side by side,
+# each with its own proxy, peer, metrics and admin addresses, against the
+# real registry fixture (which redirects blobs to its blob store).
+#   - peer A pulls the ~8 MiB layer (two 4 MiB pieces): its client gets the
+#     right bytes; A fetched every piece from the origin with Range requests
+#     carrying no registry token at the blob store; "peer task done" says
+#     bytes_origin = size;
+#   - peer B pulls the same layer: the right bytes, bytes_peer = size and
+#     bytes_origin = 0, and the blob store served no byte of it to B;
+#   - across both pulls the blob store sent the blob's bytes about once
+#     (<= 1.1 x size);
+#   - the upload server answers an unsigned piece request and a signed one
+#     for a task it does not hold with the same 403;
+#   - with the scheduler stopped, a third peer C still pulls the layer (from
+#     the origin) and logs a warning that no scheduler is reachable.
+. "$(dirname "$0")/lib.sh"
+
+need_root
+need_cmd curl jq cmp python3
+[ -x "$BUILD/shoald" ] || skip "$BUILD/shoald not built yet"
+fixture_up
+site=$TEST_TMP/site-ca
+make_ca "$site"
+bundle=$TEST_TMP/client-cas.pem
+cat "$site/ca.crt" "$SHOAL_TEST_ORIGIN_CA" >"$bundle"
+
+secret=$TEST_TMP/cluster.secret
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$secret"
+chmod 600 "$secret"
+
+config=$TEST_TMP/shoald.yaml
+cat >"$config" <<EOF
+proxy:
+  proxies:
+    - regx: blobs/sha256.*
+hijackHTTPS:
+  cert: $site/ca.crt
+  key: $site/ca.key
+  hosts:
+    - regx: $SHOAL_TEST_REGISTRY_HOST
+    - regx: $SHOAL_TEST_BLOBS_HOST
+tls:
+  trustStore: $SHOAL_TEST_ORIGIN_CA
+p2p:
+  clusterSecretFile: $secret
+EOF
+
+sched_port=$(free_port)
+"$BUILD/shoald" scheduler --listen "127.0.0.1:$sched_port" --cluster-secret-file "$secret" \
+  --log-dir "$TEST_TMP/sched" </dev/null >"$TEST_TMP/sched.out" 2>&1 &
+sched_pid=$!
+on_exit stop_pid "$sched_pid"
+deadline=$((SECONDS + 15))
+until curl -sf "http://127.0.0.1:$sched_port/healthz" >/dev/null 2>&1; do
+  kill -0 "$sched_pid" 2>/dev/null || { cat "$TEST_TMP/sched.out" >&2; fail "scheduler exited at start"; }
+  [ "$SECONDS" -lt "$deadline" ] || fail "scheduler not ready after 15 s"
+  sleep 0.1
+done
+
+# start_peer NAME: a shoald with its own peer port; sets NAME_PROXY, NAME_LOG,
+# NAME_PID, NAME_METRICS, NAME_PEER.
+start_peer() {
+  local name=$1 peer
+  peer=$(free_port)
+  start_shoald "$config" --scheduler "127.0.0.1:$sched_port" --peer-listen "127.0.0.1:$peer"
+  printf -v "${name}_PROXY" %s "$SHOALD_PROXY"
+  printf -v "${name}_LOG" %s "$SHOALD_LOG_DIR/core.log"
+  printf -v "${name}_PID" %s "$SHOALD_PID"
+  printf -v "${name}_METRICS" %s "$SHOALD_METRICS_PORT"
+  printf -v "${name}_PEER" %s "$peer"
+}
+
+blob=$SHOAL_TEST_HELLO_BIG_LAYER_DIGEST
+hex=${blob#sha256:}
+size=$SHOAL_TEST_HELLO_BIG_LAYER_SIZE
+url=$SHOAL_TEST_REGISTRY_URL/v2/$SHOAL_TEST_HELLO_REPO/blobs/$blob
+token=$(registry_token) || fail "no token from the fixture"
+
+# blob-store bytes of the blob's data since a mark
+store_bytes() {
+  log_since "$SHOAL_TEST_BLOBS_LOG" "$1" |
+    jq -R --arg h "$hex" 'fromjson? | select(.method == "GET" and (.uri | contains($h))) | .bytes' |
+    jq -s 'add // 0'
+}
+pull() { # PROXY OUT
+  curl -sS --max-time 60 -x "$1" --cacert "$bundle" -H "Authorization: Bearer $token" -o "$2" -w '%{http_code}' "$url"
+}
+done_line() { # LOG: the task's "peer task done" line
+  jq -c --arg t "$hex" 'select((.msg | startswith("peer task done")) and .task == $t)' "$1" | tail -n 1
+}
+wait_done() { # LOG
+  local deadline=$((SECONDS + 30))
+  until [ -n "$(done_line "$1")" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "no peer task done in $1 after 30 s"
+    sleep 0.2
+  done
+}
+
+start_peer A
+start_peer B
+store_mark=$(log_mark "$SHOAL_TEST_BLOBS_LOG")
+
+info "peer A pulls $blob ($size bytes)"
+code=$(pull "$A_PROXY" "$TEST_TMP/a.body") || fail "peer A pull failed"
+assert_eq "$code" 200 "peer A status"
+assert_eq "$(sha256_of "$TEST_TMP/a.body")" "$blob" "peer A body digest"
+wait_done "$A_LOG"
+line=$(done_line "$A_LOG")
+assert_eq "$(jq -r .bytes_origin <<<"$line")" "$size" "peer A bytes_origin"
+assert_eq "$(jq -r .bytes_peer <<<"$line")" 0 "peer A bytes_peer"
+sleep 0.5
+a_store=$(store_bytes "$store_mark")
+[ "$a_store" -ge "$size" ] || fail "blob store sent $a_store bytes for peer A's pull, want >= $size"
+ranges=$(log_since "$SHOAL_TEST_BLOBS_LOG" "$store_mark" |
+  jq -R --arg h "$hex" 'fromjson? | select(.method == "GET" and (.uri | contains($h))) | .status' | grep -c '^206$' || true)
+[ "$ranges" -ge 2 ] || fail "blob store answered $ranges Range requests (206), want one per piece (2)"
+assert_eq "$(log_since "$SHOAL_TEST_BLOBS_LOG" "$store_mark" | jq -s '[.[] | select(.auth == "yes")] | length')" 0 \
+  "blob-store requests carrying the registry token"
+
+info "peer B pulls the same layer: every piece from peer A"
+store_mark=$(log_mark "$SHOAL_TEST_BLOBS_LOG")
+code=$(pull "$B_PROXY" "$TEST_TMP/b.body") || fail "peer B pull failed"
+assert_eq "$code" 200 "peer B status"
+assert_same_file "$TEST_TMP/b.body" "$TEST_TMP/a.body" "peer B vs peer A"
+wait_done "$B_LOG"
+line=$(done_line "$B_LOG")
+assert_eq "$(jq -r .bytes_peer <<<"$line")" "$size" "peer B bytes_peer"
+assert_eq "$(jq -r .bytes_origin <<<"$line")" 0 "peer B bytes_origin"
+sleep 0.5
+assert_eq "$(store_bytes "$store_mark")" 0 "blob-store bytes for peer B's pull"
+total=$((a_store))
+[ "$total" -le $((size * 11 / 10)) ] || fail "blob store sent $total bytes for two pulls of $size"
+b_peer=$(curl -sf "http://127.0.0.1:$B_METRICS/metrics" | awk '$1 == "shoal_p2p_bytes_total{source=\"peer\"}" { print $2 }')
+assert_eq "$b_peer" "$size" "peer B shoal_p2p_bytes_total{source=\"peer\"}"
+
+info "upload server: unsigned and not-held requests get the same 403"
+r1=$(curl -s -o "$TEST_TMP/r1" -w '%{http_code}' "http://127.0.0.1:$A_PEER/v1/tasks/$hex/pieces/0")
+assert_eq "$r1" 403 "unsigned piece request"
+other=$(printf '%064d' 7)
+r2=$(python3 - "$secret" "$A_PEER" "$other" "$TEST_TMP/r2" <<'PY'
+import hashlib, hmac, os, sys, time, urllib.request
+secret = open(sys.argv[1], 'rb').read().strip()
+path = f"/v1/tasks/{sys.argv[3]}/pieces/0"
+ts, nonce = str(int(time.time())), os.urandom(16).hex()
+msg = "\n".join(["shoal-req-v1", "GET", path, ts, nonce, hashlib.sha256(b"").hexdigest()]).encode()
+sig = hmac.new(secret, msg, hashlib.sha256).hexdigest()
+req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[2]}{path}", headers={
+    "X-Shoal-Protocol": "1", "X-Shoal-Time": ts, "X-Shoal-Nonce": nonce, "X-Shoal-Signature": sig})
+try:
+    r = urllib.request.urlopen(req, timeout=10); body = r.read(); code = r.status
+except urllib.error.HTTPError as e:
+    body = e.read(); code = e.code
+open(sys.argv[4], 'wb').write(body)
+print(code)
+PY
+)
+assert_eq "$r2" 403 "signed request for a task peer A does not hold"
+assert_same_file "$TEST_TMP/r2" "$TEST_TMP/r1" "403 bodies"
+
+info "scheduler stopped: peer C still pulls (from the origin)"
+stop_pid "$sched_pid"
+start_peer C
+code=$(pull "$C_PROXY" "$TEST_TMP/c.body") || fail "peer C pull failed"
+assert_eq "$code" 200 "peer C status"
+assert_same_file "$TEST_TMP/c.body" "$TEST_TMP/a.body" "peer C vs peer A"
+wait_done "$C_LOG"
+assert_eq "$(jq -r .bytes_origin <<<"$(done_line "$C_LOG")")" "$size" "peer C bytes_origin"
+grep -q 'no scheduler reachable' "$C_LOG" || fail "peer C did not warn that no scheduler is reachable"
+for p in "$A_PID" "$B_PID" "$C_PID"; do kill -0 "$p" 2>/dev/null || fail "a shoald died"; done
+info "ok"

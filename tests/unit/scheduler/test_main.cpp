@@ -1,0 +1,9 @@
+// scheduler unit tests: one binary, two CMocka groups (State rules, the
+// server over a real loop and socket).
+#include "sched_test.h"
+
+int main() {
+  int failed = shoal::scheduler::test::run_state_tests();
+  failed += shoal::scheduler::test::run_server_tests();
+  return failed == 0 ? 0 : 1;
+}

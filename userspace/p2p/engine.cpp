@@ -1,0 +1,152 @@
+#include "shoal/p2p/engine.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "peer_task.h"
+#include "scheduler_client.h"
+#include "shoal/obs/log.h"
+#include "shoal/p2p/auth.h"
+#include "shoal/p2p/upload_server.h"
+
+namespace shoal::p2p {
+
+// What the upload server may send: verified pieces of downloads in progress
+// and pieces of stored tasks (pinned against GC while they are read).
+class Engine::Source : public PieceSource {
+ public:
+  explicit Source(Engine& e) : e_(e) {}
+  bool open_piece(const std::string& task_id, uint32_t index, PieceRef* out) override {
+    auto it = e_.downloads_.find(task_id);
+    if (it != e_.downloads_.end()) {
+      PeerTask* pt = it->second;
+      if (!pt->holds(index)) return false;
+      int fd = fcntl(pt->read_fd(), F_DUPFD_CLOEXEC, 0);
+      if (fd < 0) return false;
+      out->fd = fd;
+      out->offset = static_cast<uint64_t>(index) * pt->piece_size();
+      out->length = pt->piece_len(index);
+      out->token = add(fd, "");
+      return true;
+    }
+    if (!task::valid_task_id(task_id)) return false;
+    task::TaskMeta meta;
+    task::Store& store = e_.tasks_->store();
+    if (!store.lookup(task_id, &meta) || meta.piece_size == 0 ||
+        index >= task::piece_count(meta.length, meta.piece_size))
+      return false;
+    if (store.pin(task_id) != 0) return false;
+    int fd = store.open_data(task_id, nullptr);
+    if (fd < 0) {
+      store.unpin(task_id);
+      return false;
+    }
+    out->fd = fd;
+    out->offset = static_cast<uint64_t>(index) * meta.piece_size;
+    uint64_t left = meta.length - out->offset;
+    out->length = static_cast<uint32_t>(left < meta.piece_size ? left : meta.piece_size);
+    out->token = add(fd, task_id);
+    return true;
+  }
+  void release_piece(const PieceRef& ref) override {
+    auto it = open_.find(ref.token);
+    if (it == open_.end()) return;
+    close(it->second.first);
+    if (!it->second.second.empty()) e_.tasks_->store().unpin(it->second.second);
+    open_.erase(it);
+  }
+
+ private:
+  uint64_t add(int fd, const std::string& pinned) {
+    uint64_t t = next_++;
+    open_[t] = {fd, pinned};
+    return t;
+  }
+  Engine& e_;
+  uint64_t next_ = 1;
+  std::map<uint64_t, std::pair<int, std::string>> open_;  // token -> fd, pinned task id
+};
+
+Engine::Engine(uv_loop_t* loop, task::Engine* tasks, OriginFetcher* origin, EngineOptions opts)
+    : loop_(loop), tasks_(tasks), origin_(origin), opts_(std::move(opts)) {
+  signer_ = std::make_unique<Signer>(opts_.secret);
+  verifier_ = std::make_unique<Verifier>(opts_.secret);
+  sched_ = std::make_unique<SchedulerClient>(loop_, opts_, *signer_);
+  source_ = std::make_unique<Source>(*this);
+  UploadServer::Options uo;
+  uo.slots = opts_.upload_slots;
+  uo.rate = opts_.upload_rate;
+  upload_ = std::make_unique<UploadServer>(loop_, source_.get(), verifier_.get(), uo);
+}
+
+Engine::~Engine() = default;
+
+int Engine::start(std::string* err) {
+  int r = upload_->listen(opts_.listen_addr, opts_.listen_port, err);
+  if (r != 0) return r;
+  sched_->on_registered = [this](int sched) {
+    // A scheduler that (re)registered us has forgotten what we hold: tell
+    // it about the stored tasks it is responsible for.
+    for (auto& meta : tasks_->store().list())
+      if (sched_->pick(meta.id) == sched) announce_stored(meta.id);
+  };
+  sched_->start();
+  obs::log_info("p2p peer started")
+      .str("peer", opts_.peer_id)
+      .str("listen", opts_.listen_addr + ":" + std::to_string(upload_->port()))
+      .str("advertise", opts_.advertise)
+      .num("schedulers", static_cast<int64_t>(opts_.schedulers.size()));
+  return 0;
+}
+
+void Engine::stop(std::function<void()> done) {
+  stopping_ = true;
+  std::vector<PeerTask*> all;
+  for (auto& kv : downloads_) all.push_back(kv.second);
+  for (auto* pt : all) pt->abort("shoald is stopping");
+  auto remaining = std::make_shared<int>(2);
+  auto one = [remaining, done] {
+    if (--*remaining == 0 && done) done();
+  };
+  sched_->stop(one);
+  upload_->close(one);
+}
+
+void Engine::download(std::shared_ptr<task::ActiveTask> t, const std::string& url, uint64_t length,
+                      task::ActiveTask::Headers headers, OriginRequest req) {
+  if (stopping_ || downloads_.count(t->id())) {
+    t->set_failed(stopping_ ? "shoald is stopping" : "already downloading", true);
+    tasks_->retire(t);
+    return;
+  }
+  auto* pt = new PeerTask(*this, t, url, length, std::move(headers), std::move(req));
+  downloads_[t->id()] = pt;
+  pt->start();  // on failure it has called task_finished() already
+}
+
+void Engine::task_finished(PeerTask* pt) {
+  auto it = downloads_.find(pt->id());
+  if (it != downloads_.end() && it->second == pt) downloads_.erase(it);
+}
+
+void Engine::announce_stored(const std::string& id) {
+  if (!sched_->configured() || stopping_) return;
+  task::TaskMeta meta;
+  if (!tasks_->store().lookup(id, &meta) || meta.piece_size == 0) return;
+  uint64_t n = task::piece_count(meta.length, meta.piece_size);
+  if (n == 0 || n > kMaxPieces || meta.pieces.size() != n) return;
+  AnnounceReq a;
+  a.peer = opts_.peer_id;
+  a.task = id;
+  a.length = meta.length;
+  a.piece_size = meta.piece_size;
+  a.have = Bitmap(static_cast<uint32_t>(n));
+  for (uint32_t i = 0; i < n; ++i) {
+    a.have.set(i);
+    a.hashes[i] = meta.pieces[i];
+  }
+  a.complete = true;
+  sched_->call(id, "/v1/announce", encode(a), [](int, const std::string&, int) {});
+}
+
+}  // namespace shoal::p2p
