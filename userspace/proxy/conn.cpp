@@ -1243,6 +1243,7 @@ void Conn::log_exchange() {
 }
 
 void Conn::fail_exchange(int status, const std::string& why) {
+  p2p_head_abandon(why);
   obs::log_warn("request failed")
       .str("method", ex_.method)
       .str("host", ex_.host)
@@ -1516,6 +1517,7 @@ void Conn::close_side(Side& s, bool reset) {
 void Conn::close_all(bool reset) {
   if (closing_) return;
   closing_ = true;
+  p2p_head_abandon("the client went away");
   if (!connect_target_.empty()) {
     auto line = obs::log_info("connect");
     line.str("host", connect_target_)

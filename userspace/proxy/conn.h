@@ -231,6 +231,7 @@ class Conn : public http::Handler, public UpstreamOwner {
   void p2p_head_begin();
   void p2p_head_send();
   bool p2p_head_follow();
+  void p2p_head_abandon(const std::string& why);
   void p2p_head_done(bool timed_out);
   void owner_fetch_whole();
   bool redirect_pending_ = false;

@@ -192,42 +192,30 @@ bool Conn::p2p_head_follow() {
   for (auto& h : ex_.head_headers)
     if (http::iequals(h.name, "Location")) loc = &h.value;
   if (!loc || ++ex_.head_redirects > 10) return false;
-  std::string host = ex_.head_host, path;
-  uint16_t port = ex_.head_port;
-  bool https = ex_.head_https;
-  http::Url u;
-  if (http::parse_absolute_url(*loc, &u)) {
-    host = u.host;
-    https = u.scheme == "https";
-    port = u.port ? u.port : (https ? 443 : 80);
-    path = u.path;
-  } else if (!loc->empty() && (*loc)[0] == '/') {
-    path = *loc;
-  } else {
-    return false;
-  }
-  bool same = http::iequals(host, ex_.head_host) && port == ex_.head_port && https == ex_.head_https;
-  std::vector<http::Header> hs;
-  for (auto& h : ex_.head_req) {
-    if (!same && http::iequals(h.name, "Authorization")) continue;
-    if (http::iequals(h.name, "Host")) {
-      bool def = (https && port == 443) || (!https && port == 80);
-      hs.push_back({h.name, def ? host : host_port(host, port)});
-      continue;
-    }
-    hs.push_back(h);
-  }
-  ex_.head_req = hs;
-  ex_.head_host = host;
-  ex_.head_port = port;
-  ex_.head_https = https;
-  ex_.head_path = path;
+  Target t{ex_.head_host, ex_.head_port, ex_.head_https, ex_.head_path};
+  if (!redirect_target(*loc, &t, &ex_.head_req)) return false;
+  ex_.head_host = t.host;
+  ex_.head_port = t.port;
+  ex_.head_https = t.https;
+  ex_.head_path = t.path;
   if (up_) {
     up_->release();
     up_ = nullptr;
   }
   p2p_head_send();
   return true;
+}
+
+// The task this connection was about to hand to the P2P engine will not be
+// handed over (the HEAD failed, the client left): clients that joined it ask
+// the origin themselves instead of waiting for a download nobody runs.
+void Conn::p2p_head_abandon(const std::string& why) {
+  if (!ex_.p2p_head || !serve_.task) return;
+  ex_.p2p_head = false;
+  ex_.auth_check = false;
+  auto t = serve_.task;
+  t->set_failed(why, true);
+  w_.shared().engine->retire(t);
 }
 
 // The P2P owner's HEAD came back. A plain object of known length goes to
@@ -1011,45 +999,21 @@ void Conn::follow_redirect() {
     ex_.log_port = ex_.port;
     ex_.log_path = ex_.path;
   }
-  std::string host = ex_.host;
-  uint16_t port = ex_.port;
-  bool https = ex_.https;
-  std::string path;
-  http::Url u;
-  if (http::parse_absolute_url(loc, &u)) {
-    host = u.host;
-    https = u.scheme == "https";
-    port = u.port ? u.port : (https ? 443 : 80);
-    path = u.path;
-  } else if (!loc.empty() && loc[0] == '/') {
-    path = loc;
-  } else {
+  Target t{ex_.host, ex_.port, ex_.https, ex_.path};
+  if (!redirect_target(loc, &t, &ex_.req_headers)) {
     fail_exchange(502, "origin redirected to an unsupported Location: " + loc);
     return;
   }
-  bool same = http::iequals(host, ex_.host) && port == ex_.port && https == ex_.https;
-  std::vector<http::Header> hs;
-  for (auto& h : ex_.req_headers) {
-    // Object stores reject (400) a request that carries the registry's token.
-    if (!same && http::iequals(h.name, "Authorization")) continue;
-    if (http::iequals(h.name, "Host")) {
-      bool def = (https && port == 443) || (!https && port == 80);
-      hs.push_back({h.name, def ? host : host_port(host, port)});
-      continue;
-    }
-    hs.push_back(h);
-  }
-  ex_.req_headers = hs;
-  ex_.host = host;
-  ex_.port = port;
-  ex_.https = https;
-  ex_.path = path;
+  ex_.host = t.host;
+  ex_.port = t.port;
+  ex_.https = t.https;
+  ex_.path = t.path;
   if (!ex_.up_keep_alive && up_) {
     up_->release();
     up_ = nullptr;
   }
-  std::string out = http::serialize_request_head("GET", path, hs);
-  Upstream* up = get_upstream(host, port, https);
+  std::string out = http::serialize_request_head("GET", ex_.path, ex_.req_headers);
+  Upstream* up = get_upstream(ex_.host, ex_.port, ex_.https);
   if (!up) return;
   send_upstream(out.data(), out.size());
   update_reads();

@@ -200,39 +200,16 @@ class RangeFetch : public UpstreamOwner, public http::Handler {
       finish(UV_EPROTO, "the origin redirected more than 10 times");
       return;
     }
-    std::string host = req_.host, path;
-    uint16_t port = req_.port;
-    bool https = req_.https;
-    http::Url u;
-    if (http::parse_absolute_url(location_, &u)) {
-      host = u.host;
-      https = u.scheme == "https";
-      port = u.port ? u.port : (https ? 443 : 80);
-      path = u.path;
-    } else if (!location_.empty() && location_[0] == '/') {
-      path = location_;
-    } else {
+    Target t{req_.host, req_.port, req_.https, req_.path};
+    if (!redirect_target(location_, &t, &req_.headers)) {
       finish(UV_EPROTO, "origin redirected to an unsupported Location: " + location_);
       return;
     }
-    bool same = http::iequals(host, req_.host) && port == req_.port && https == req_.https;
-    std::vector<http::Header> hs;
-    for (auto& h : req_.headers) {
-      // Object stores reject a request that carries the registry's token.
-      if (!same && http::iequals(h.name, "Authorization")) continue;
-      if (http::iequals(h.name, "Host")) {
-        bool def = (https && port == 443) || (!https && port == 80);
-        hs.push_back({h.name, def ? host : host_port(host, port)});
-        continue;
-      }
-      hs.push_back(h);
-    }
-    if (!same) req_.dial.clear();  // the dial address belongs to the first host only
-    req_.host = host;
-    req_.port = port;
-    req_.https = https;
-    req_.path = path;
-    req_.headers = hs;
+    if (!http::iequals(t.host, req_.host)) req_.dial.clear();  // the dial address belongs to the first host
+    req_.host = t.host;
+    req_.port = t.port;
+    req_.https = t.https;
+    req_.path = t.path;
     up_->release();
     up_ = nullptr;
     bytes_.clear();

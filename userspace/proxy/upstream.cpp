@@ -277,4 +277,33 @@ void Upstream::release() {
   delete this;
 }
 
+bool redirect_target(const std::string& location, Target* t, std::vector<http::Header>* headers) {
+  Target to = *t;
+  http::Url u;
+  if (http::parse_absolute_url(location, &u)) {
+    to.host = u.host;
+    to.https = u.scheme == "https";
+    to.port = u.port ? u.port : (to.https ? 443 : 80);
+    to.path = u.path;
+  } else if (!location.empty() && location[0] == '/') {
+    to.path = location;
+  } else {
+    return false;
+  }
+  bool same = http::iequals(to.host, t->host) && to.port == t->port && to.https == t->https;
+  std::vector<http::Header> hs;
+  for (auto& h : *headers) {
+    if (!same && http::iequals(h.name, "Authorization")) continue;
+    if (http::iequals(h.name, "Host")) {
+      bool def = (to.https && to.port == 443) || (!to.https && to.port == 80);
+      hs.push_back({h.name, def ? to.host : host_port(to.host, to.port)});
+      continue;
+    }
+    hs.push_back(h);
+  }
+  *headers = std::move(hs);
+  *t = std::move(to);
+  return true;
+}
+
 }  // namespace shoal::proxy

@@ -122,4 +122,17 @@ tls::Status read_records(tls::Session& tls, uint8_t* buf, size_t cap, size_t* n)
 void release_wbuf(Side& s);
 std::string host_port(const std::string& host, uint16_t port);
 
+// Where an origin's redirect points, and the headers to send there. A
+// relative Location keeps the origin. Across hosts the registry's
+// Authorization is dropped (object stores reject a request carrying it, and
+// it must not leak); Host is rewritten. False for a Location that is
+// neither absolute http(s) nor absolute-path.
+struct Target {
+  std::string host;
+  uint16_t port = 443;
+  bool https = true;
+  std::string path;
+};
+bool redirect_target(const std::string& location, Target* t, std::vector<http::Header>* headers);
+
 }  // namespace shoal::proxy
