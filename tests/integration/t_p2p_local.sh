@@ -12,6 +12,11 @@
 #     (<= 1.1 x size);
 #   - the upload server answers an unsigned piece request and a signed one
 #     for a task it does not hold with the same 403;
+#   - p2p.tls: two more peers D and E with `tls: true` (and a scheduler of
+#     their own, so they never meet the plain peers) pull the layer, E every
+#     piece from D; D's upload server gives a plain HTTP client no answer,
+#     and answers a TLS 1.2 DHE-PSK client holding the derived key (403 for
+#     an unsigned request);
 #   - with the scheduler stopped, a third peer C still pulls the layer (from
 #     the origin) and logs a warning that no scheduler is reachable.
 . "$(dirname "$0")/lib.sh"
@@ -46,24 +51,29 @@ p2p:
   clusterSecretFile: $secret
 EOF
 
+# start_scheduler PORT: returns once it answers /healthz; sets SCHED_PID.
+start_scheduler() {
+  local port=$1 deadline=$((SECONDS + 15))
+  "$BUILD/shoald" scheduler --listen "127.0.0.1:$port" --cluster-secret-file "$secret" \
+    --log-dir "$TEST_TMP/sched-$port" </dev/null >"$TEST_TMP/sched-$port.out" 2>&1 &
+  SCHED_PID=$!
+  on_exit stop_pid "$SCHED_PID"
+  until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; do
+    kill -0 "$SCHED_PID" 2>/dev/null || { cat "$TEST_TMP/sched-$port.out" >&2; fail "scheduler exited at start"; }
+    [ "$SECONDS" -lt "$deadline" ] || fail "scheduler not ready after 15 s"
+    sleep 0.1
+  done
+}
 sched_port=$(free_port)
-"$BUILD/shoald" scheduler --listen "127.0.0.1:$sched_port" --cluster-secret-file "$secret" \
-  --log-dir "$TEST_TMP/sched" </dev/null >"$TEST_TMP/sched.out" 2>&1 &
-sched_pid=$!
-on_exit stop_pid "$sched_pid"
-deadline=$((SECONDS + 15))
-until curl -sf "http://127.0.0.1:$sched_port/healthz" >/dev/null 2>&1; do
-  kill -0 "$sched_pid" 2>/dev/null || { cat "$TEST_TMP/sched.out" >&2; fail "scheduler exited at start"; }
-  [ "$SECONDS" -lt "$deadline" ] || fail "scheduler not ready after 15 s"
-  sleep 0.1
-done
+start_scheduler "$sched_port"
+sched_pid=$SCHED_PID
 
-# start_peer NAME: a shoald with its own peer port; sets NAME_PROXY, NAME_LOG,
-# NAME_PID, NAME_METRICS, NAME_PEER.
+# start_peer NAME [CONFIG SCHEDULER_PORT]: a shoald with its own peer port;
+# sets NAME_PROXY, NAME_LOG, NAME_PID, NAME_METRICS, NAME_PEER.
 start_peer() {
-  local name=$1 peer
+  local name=$1 cfg=${2:-$config} sport=${3:-$sched_port} peer
   peer=$(free_port)
-  start_shoald "$config" --scheduler "127.0.0.1:$sched_port" --peer-listen "127.0.0.1:$peer"
+  start_shoald "$cfg" --scheduler "127.0.0.1:$sport" --peer-listen "127.0.0.1:$peer"
   printf -v "${name}_PROXY" %s "$SHOALD_PROXY"
   printf -v "${name}_LOG" %s "$SHOALD_LOG_DIR/core.log"
   printf -v "${name}_PID" %s "$SHOALD_PID"
@@ -158,6 +168,50 @@ PY
 assert_eq "$r2" 403 "signed request for a task peer A does not hold"
 assert_same_file "$TEST_TMP/r2" "$TEST_TMP/r1" "403 bodies"
 
+info "p2p.tls: peer E pulls the layer from peer D over TLS"
+tls_config=$TEST_TMP/shoald-tls.yaml
+{ cat "$config"; echo "  tls: true"; } >"$tls_config"
+tls_sched_port=$(free_port)
+start_scheduler "$tls_sched_port"
+start_peer D "$tls_config" "$tls_sched_port"
+start_peer E "$tls_config" "$tls_sched_port"
+code=$(pull "$D_PROXY" "$TEST_TMP/d.body") || fail "peer D pull failed"
+assert_eq "$code" 200 "peer D status"
+assert_same_file "$TEST_TMP/d.body" "$TEST_TMP/a.body" "peer D vs peer A"
+wait_done "$D_LOG"
+assert_eq "$(jq -r .bytes_origin <<<"$(done_line "$D_LOG")")" "$size" "peer D bytes_origin"
+code=$(pull "$E_PROXY" "$TEST_TMP/e.body") || fail "peer E pull failed"
+assert_eq "$code" 200 "peer E status"
+assert_same_file "$TEST_TMP/e.body" "$TEST_TMP/a.body" "peer E vs peer A"
+wait_done "$E_LOG"
+line=$(done_line "$E_LOG")
+assert_eq "$(jq -r .bytes_peer <<<"$line")" "$size" "peer E bytes_peer"
+assert_eq "$(jq -r .bytes_origin <<<"$line")" 0 "peer E bytes_origin"
+jq -se 'any(.[]; .msg == "p2p peer started" and .tls == true)' "$E_LOG" >/dev/null ||
+  fail "peer E did not start with tls"
+# Plain HTTP to a TLS upload server: no HTTP answer at all (curl fails,
+# empty reply or reset, status 000).
+rc=0
+plain=$(curl -s --max-time 10 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$D_PEER/v1/tasks/$hex/pieces/0") || rc=$?
+[ "$rc" -ne 0 ] || fail "plain curl to peer D's TLS upload server succeeded (status $plain)"
+assert_eq "$plain" 000 "plain HTTP status from a TLS upload server"
+# And TLS with the key derived from the secret works (openssl's own client):
+# the unsigned request gets the usual 403, inside TLS.
+psk=$(python3 - "$secret" <<'PY'
+import hashlib, hmac, sys
+secret = open(sys.argv[1], 'rb').read().rstrip()
+prk = hmac.new(b"shoal-p2p-psk-v1", secret, hashlib.sha256).digest()
+print(hmac.new(prk, b"\x01", hashlib.sha256).hexdigest())
+PY
+)
+printf 'GET /v1/tasks/%s/pieces/0 HTTP/1.1\r\nHost: peer\r\nConnection: close\r\n\r\n' "$hex" |
+  timeout 10 openssl s_client -connect "127.0.0.1:$D_PEER" -tls1_2 -cipher DHE-PSK-AES128-GCM-SHA256 \
+    -psk_identity shoal-p2p-v1 -psk "$psk" -quiet -ign_eof >"$TEST_TMP/s_client.out" 2>"$TEST_TMP/s_client.err" ||
+  true
+answer=$(head -n 1 "$TEST_TMP/s_client.out" | cut -d' ' -f1,2)
+[ -n "$answer" ] || cat "$TEST_TMP/s_client.err" >&2
+assert_eq "$answer" "HTTP/1.1 403" "TLS (DHE-PSK) request to peer D"
+
 info "scheduler stopped: peer C still pulls (from the origin)"
 stop_pid "$sched_pid"
 start_peer C
@@ -167,5 +221,5 @@ assert_same_file "$TEST_TMP/c.body" "$TEST_TMP/a.body" "peer C vs peer A"
 wait_done "$C_LOG"
 assert_eq "$(jq -r .bytes_origin <<<"$(done_line "$C_LOG")")" "$size" "peer C bytes_origin"
 grep -q 'no scheduler reachable' "$C_LOG" || fail "peer C did not warn that no scheduler is reachable"
-for p in "$A_PID" "$B_PID" "$C_PID"; do kill -0 "$p" 2>/dev/null || fail "a shoald died"; done
+for p in "$A_PID" "$B_PID" "$C_PID" "$D_PID" "$E_PID"; do kill -0 "$p" 2>/dev/null || fail "a shoald died"; done
 info "ok"

@@ -74,6 +74,7 @@
 //     parallelParents: 4        # parents one download takes pieces from (1-64)
 //     stallRate: 64KiB          # a parent slower than this for stallTime ...
 //     stallTime: 5s             # ... is replaced
+//     tls: false                # piece links over TLS 1.2 keyed by the cluster secret
 //   schedulerServer:            # the scheduler role, `shoald scheduler`
 //     listen: 0.0.0.0:8002
 //     clusterSecretFile: ""     # the same secret the peers hold
@@ -752,11 +753,17 @@ constexpr Key kTransparentKeys[] = {{"mode", K::kStr, S},        {"ports", K::kP
                                     {"mark", K::kInt, S},        {"jobParent", K::kStr, S}};
 constexpr Schema kTransparent{kTransparentKeys};
 // Rates are kStr: a number or a number with a unit, checked in extraction.
-constexpr Key kP2pKeys[] = {{"schedulers", K::kStrList, S}, {"clusterSecretFile", K::kStr, S},
-                            {"listen", K::kStr, S},         {"advertise", K::kStr, S},
-                            {"labels", K::kStrMap, S},      {"uploadSlots", K::kInt, S},
-                            {"uploadRate", K::kStr, S},     {"parallelParents", K::kInt, S},
-                            {"stallRate", K::kStr, S},      {"stallTime", K::kDur, S}};
+constexpr Key kP2pKeys[] = {{"schedulers", K::kStrList, S},
+                            {"clusterSecretFile", K::kStr, S},
+                            {"listen", K::kStr, S},
+                            {"advertise", K::kStr, S},
+                            {"labels", K::kStrMap, S},
+                            {"uploadSlots", K::kInt, S},
+                            {"uploadRate", K::kStr, S},
+                            {"parallelParents", K::kInt, S},
+                            {"stallRate", K::kStr, S},
+                            {"stallTime", K::kDur, S},
+                            {"tls", K::kBool, S}};
 constexpr Schema kP2p{kP2pKeys};
 constexpr Key kSchedulerServerKeys[] = {{"listen", K::kStr, S},
                                         {"clusterSecretFile", K::kStr, S},
@@ -1547,6 +1554,7 @@ class Validator {
     set_count(find(pm, "parallelParents"), "p2p.parallelParents", 1, 64, &c->parallel_parents);
     set_rate(find(pm, "stallRate"), "p2p.stallRate", true, &c->stall_rate);
     set_duration(find(pm, "stallTime"), "p2p.stallTime", false, &c->stall_time_s);
+    if (auto v = bool_of(find(pm, "tls"))) c->peer_tls = *v;
 
     // Only a running P2P listener can collide with the other listeners.
     if (!c->p2p_schedulers.empty()) {

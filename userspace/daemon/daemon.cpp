@@ -451,6 +451,7 @@ int Daemon::setup_p2p(int index, std::string* err) {
   eo.stall_rate = cfg_->stall_rate;
   eo.stall_time_s = cfg_->stall_time_s;
   eo.mark = shared_.mark;
+  eo.tls = cfg_->peer_tls;
   p2p_worker_ = std::make_unique<proxy::Worker>(shared_, index);
   origin_fetcher_ = proxy::make_origin_fetcher(*p2p_worker_);
   p2p_ = std::make_unique<p2p::Engine>(p2p_worker_->loop(), shared_.engine.get(), origin_fetcher_.get(), eo);

@@ -7,6 +7,7 @@
 #include "scheduler_client.h"
 #include "shoal/obs/log.h"
 #include "shoal/p2p/auth.h"
+#include "shoal/p2p/peer_tls.h"
 #include "shoal/p2p/upload_server.h"
 
 namespace shoal::p2p {
@@ -76,12 +77,22 @@ Engine::Engine(uv_loop_t* loop, task::Engine* tasks, OriginFetcher* origin, Engi
   UploadServer::Options uo;
   uo.slots = opts_.upload_slots;
   uo.rate = opts_.upload_rate;
+  if (opts_.tls) {
+    tls_ = PeerTls::create(opts_.secret, &tls_error_);
+    if (tls_ != nullptr) uo.tls = tls_->server();
+  }
   upload_ = std::make_unique<UploadServer>(loop_, source_.get(), verifier_.get(), uo);
 }
 
 Engine::~Engine() = default;
 
+tls::ClientConfig* Engine::peer_tls() { return tls_ != nullptr ? tls_->client() : nullptr; }
+
 int Engine::start(std::string* err) {
+  if (opts_.tls && tls_ == nullptr) {
+    *err = tls_error_;
+    return UV_EINVAL;
+  }
   int r = upload_->listen(opts_.listen_addr, opts_.listen_port, err);
   if (r != 0) return r;
   sched_->on_registered = [this](int sched) {
@@ -95,7 +106,8 @@ int Engine::start(std::string* err) {
       .str("peer", opts_.peer_id)
       .str("listen", opts_.listen_addr + ":" + std::to_string(upload_->port()))
       .str("advertise", opts_.advertise)
-      .num("schedulers", static_cast<int64_t>(opts_.schedulers.size()));
+      .num("schedulers", static_cast<int64_t>(opts_.schedulers.size()))
+      .boolean("tls", opts_.tls);
   return 0;
 }
 

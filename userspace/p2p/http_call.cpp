@@ -6,6 +6,8 @@
 #include <cerrno>
 #include <memory>
 
+#include "shoal/tls/session.h"
+
 namespace shoal::p2p {
 
 bool parse_addr(const std::string& addr, sockaddr_storage* out) {
@@ -55,9 +57,22 @@ struct HttpCall::Handler : http::Handler {
   }
 };
 
+// TLS output (handshake flights, the sealed request, alerts) on its way to
+// the socket. libuv runs write callbacks, cancelled ones included, before
+// the close callback that frees the call, so call is valid in on_written.
+struct HttpCall::TlsWrite {
+  uv_write_t req{};
+  std::vector<uint8_t> bytes;
+  HttpCall* call = nullptr;
+};
+
+HttpCall::HttpCall() = default;
+HttpCall::~HttpCall() = default;
+
 HttpCall* HttpCall::start(uv_loop_t* loop, const std::string& addr, std::string request, size_t max_body,
-                          uint64_t timeout_ms, uint32_t mark, Done done) {
+                          uint64_t timeout_ms, uint32_t mark, Done done, tls::ClientConfig* tls) {
   auto* c = new HttpCall();
+  c->tls_cfg_ = tls;
   c->request_ = std::move(request);
   c->max_body_ = max_body;
   c->done_ = std::move(done);
@@ -108,12 +123,27 @@ void HttpCall::on_connect(uv_connect_t* req, int status) {
     c->finish(status, std::string("connect: ") + uv_strerror(status));
     return;
   }
-  uv_buf_t b = uv_buf_init(c->request_.data(), static_cast<unsigned>(c->request_.size()));
-  c->wreq_.data = c;
-  int r = uv_write(&c->wreq_, reinterpret_cast<uv_stream_t*>(&c->tcp_), &b, 1, [](uv_write_t* w, int st) {
-    auto* cc = static_cast<HttpCall*>(w->data);
-    if (st != 0 && !cc->finished_) cc->finish(st, std::string("write: ") + uv_strerror(st));
-  });
+  int r = 0;
+  if (c->tls_cfg_ != nullptr) {
+    // The request waits for the handshake; the ClientHello goes first.
+    c->tls_ = tls::Session::client(c->tls_cfg_);
+    if (c->tls_ == nullptr) {
+      c->finish(UV_ENOMEM, "TLS handshake: cannot set up a session");
+      return;
+    }
+    if (c->tls_->handshake() == tls::Status::Error) {
+      c->finish(UV_EPROTO, "TLS " + c->tls_->error_string());
+      return;
+    }
+    r = c->flush_tls();
+  } else {
+    uv_buf_t b = uv_buf_init(c->request_.data(), static_cast<unsigned>(c->request_.size()));
+    c->wreq_.data = c;
+    r = uv_write(&c->wreq_, reinterpret_cast<uv_stream_t*>(&c->tcp_), &b, 1, [](uv_write_t* w, int st) {
+      auto* cc = static_cast<HttpCall*>(w->data);
+      if (st != 0 && !cc->finished_) cc->finish(st, std::string("write: ") + uv_strerror(st));
+    });
+  }
   if (r == 0)
     r = uv_read_start(
         reinterpret_cast<uv_stream_t*>(&c->tcp_),
@@ -138,10 +168,76 @@ void HttpCall::on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) {
     return;
   }
   size_t len = static_cast<size_t>(n);
-  size_t used = c->parser_->feed(buf->base, len);
-  if (c->finished_) return;
-  if (used < len || c->parser_->error() != http::Error::None)
-    c->finish(UV_EPROTO, "bad answer: " + c->parser_->error_detail());
+  if (c->tls_ != nullptr)
+    c->read_tls(buf->base, len);
+  else
+    c->feed_answer(buf->base, len);
+}
+
+void HttpCall::feed_answer(const char* data, size_t len) {
+  size_t used = parser_->feed(data, len);
+  if (finished_) return;
+  if (used < len || parser_->error() != http::Error::None)
+    finish(UV_EPROTO, "bad answer: " + parser_->error_detail());
+}
+
+// Ciphertext from the socket: finishes the handshake (then sends the
+// request), and hands the answer's plaintext to the parser.
+void HttpCall::read_tls(const char* data, size_t len) {
+  tls_->feed(reinterpret_cast<const uint8_t*>(data), len);
+  if (!tls_->handshake_done()) {
+    tls::Status st = tls_->handshake();
+    int r = flush_tls();  // our next flight, or an alert
+    if (st == tls::Status::Error) return finish(UV_EPROTO, "TLS " + tls_->error_string());
+    if (r != 0) return finish(r, std::string("write: ") + uv_strerror(r));
+    if (st != tls::Status::Ok) return;
+    if (tls_->write(reinterpret_cast<const uint8_t*>(request_.data()), request_.size()) != tls::Status::Ok)
+      return finish(UV_EPROTO, "TLS " + tls_->error_string());
+    r = flush_tls();
+    if (r != 0) return finish(r, std::string("write: ") + uv_strerror(r));
+  }
+  // data has been copied into the session: rbuf_ takes the plaintext.
+  auto* plain = reinterpret_cast<uint8_t*>(rbuf_.data());
+  while (!finished_) {
+    size_t n = 0;
+    tls::Status st = tls_->read(plain, rbuf_.size(), &n);
+    int r = flush_tls();  // e.g. a refused renegotiation
+    if (st == tls::Status::Ok) {
+      feed_answer(rbuf_.data(), n);
+      continue;
+    }
+    if (st == tls::Status::WantRead) {
+      if (r != 0) finish(r, std::string("write: ") + uv_strerror(r));
+      return;
+    }
+    if (st == tls::Status::Closed) {
+      parser_->feed_eof();
+      if (!finished_) finish(UV_EPROTO, "connection closed before the answer was complete");
+      return;
+    }
+    return finish(UV_EPROTO, "TLS " + tls_->error_string());
+  }
+}
+
+// Writes whatever the session has produced. 0, or a libuv error from
+// uv_write (its callback then never runs).
+int HttpCall::flush_tls() {
+  std::vector<uint8_t>& out = tls_->output();
+  if (out.empty()) return 0;
+  auto* w = new TlsWrite;
+  w->bytes = std::move(out);
+  out.clear();
+  w->call = this;
+  w->req.data = w;
+  uv_buf_t b = uv_buf_init(reinterpret_cast<char*>(w->bytes.data()), static_cast<unsigned>(w->bytes.size()));
+  int r = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1, [](uv_write_t* req, int st) {
+    auto* tw = static_cast<TlsWrite*>(req->data);
+    HttpCall* cc = tw->call;
+    delete tw;
+    if (st != 0 && !cc->finished_) cc->finish(st, std::string("write: ") + uv_strerror(st));
+  });
+  if (r != 0) delete w;
+  return r;
 }
 
 void HttpCall::on_timer(uv_timer_t* t) {

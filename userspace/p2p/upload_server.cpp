@@ -20,6 +20,14 @@
 // uv_write. Only one read or write is in flight per connection, so memory
 // per connection is one step's buffer however large the piece.
 //
+// With TLS (Options::tls) the connection handshakes first (within the
+// request-head timeout) and nothing is parsed before it completes; then
+// each read is decrypted into inbuf, and each response write (a reply, the
+// head with the first step, a step) is sealed into `sealed` first, so it is
+// still one write in flight. Handshake flights and alerts go out as small
+// writes of their own, in the order the session produced them; libuv keeps
+// writes in order.
+//
 // Requests that arrive while a response is being sent (pipelining) are kept
 // unparsed, up to kMaxPipelined bytes; reading stops beyond that. A client
 // that closes (EOF or an error on read or write) frees everything at once,
@@ -41,6 +49,7 @@
 #include "shoal/obs/log.h"
 #include "shoal/obs/metrics.h"
 #include "shoal/p2p/protocol.h"
+#include "shoal/tls/session.h"
 #include "shoal/util/sockaddr.h"
 
 namespace shoal::p2p {
@@ -200,6 +209,9 @@ struct Conn : http::Handler {
   void close_conn(bool reset);
   void release_piece();
   void maybe_free();
+  int send(const uv_buf_t* bufs, unsigned nbufs);
+  bool read_tls(const char* data, size_t len);
+  int flush_tls();
 
   static void on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf);
   static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
@@ -244,6 +256,19 @@ struct Conn : http::Handler {
   bool fs_pending = false;
   bool waiting_tokens = false;  // queued in srv->waiters
   bool has_tokens = false;      // the next step's tokens are taken
+
+  // TLS (srv->opts.tls).
+  std::unique_ptr<tls::Session> tls;
+  std::vector<uint8_t> sealed;  // the response write in flight, encrypted
+};
+
+// A handshake flight or an alert on its way out. libuv runs write
+// callbacks (cancelled ones too) before the TCP handle's close callback, so
+// conn is alive in the callback.
+struct TlsWrite {
+  uv_write_t req{};
+  std::vector<uint8_t> bytes;
+  Conn* conn = nullptr;
 };
 
 // ---------------------------------------------------------------------------
@@ -255,8 +280,103 @@ void Conn::start() {
   if (uv_tcp_getpeername(&tcp, reinterpret_cast<sockaddr*>(&ss), &len) == 0) peer = util::sockaddr_str(ss);
   uv_tcp_nodelay(&tcp, 1);
   last_activity_ms = now_ms();
+  if (srv->opts.tls != nullptr) {
+    tls = tls::Session::server(srv->opts.tls);
+    if (tls == nullptr) return close_conn(true);
+    tls->set_log_label("peer " + peer);
+    head_deadline_ms = last_activity_ms + g_header_timeout_ms;  // for the handshake
+  }
   restart_timer();
   update_reads();
+}
+
+// Ciphertext from the peer: advances the handshake, then decrypts into
+// inbuf. False when the connection is closing.
+bool Conn::read_tls(const char* data, size_t len) {
+  tls->feed(reinterpret_cast<const uint8_t*>(data), len);
+  if (!tls->handshake_done()) {
+    tls::Status st = tls->handshake();
+    if (flush_tls() != 0) {
+      close_conn(true);
+      return false;
+    }
+    if (st == tls::Status::Error) {
+      // Plain HTTP, another secret, or not TLS 1.2 with the PSK suite.
+      srv->log_forbidden(peer, ("TLS " + tls->error_string()).c_str());
+      close_conn(true);
+      return false;
+    }
+    if (st != tls::Status::Ok) return true;
+    head_deadline_ms = 0;  // process() arms it again for a request head
+  }
+  // data has been copied into the session: the read buffer takes plaintext.
+  auto* plain = reinterpret_cast<uint8_t*>(srv->read_buffer);
+  for (;;) {
+    size_t n = 0;
+    tls::Status st = tls->read(plain, kReadBufferSize, &n);
+    if (flush_tls() != 0) {
+      close_conn(true);
+      return false;
+    }
+    switch (st) {
+      case tls::Status::Ok:
+        inbuf.append(srv->read_buffer, n);
+        continue;
+      case tls::Status::WantRead:
+        return true;
+      case tls::Status::Closed:  // close_notify: as EOF
+        close_conn(state != State::Idle || !inbuf.empty());
+        return false;
+      case tls::Status::Error:
+        obs::log_debug("upload TLS read failed").str("peer", peer).str("error", tls->error_string());
+        close_conn(true);
+        return false;
+    }
+  }
+}
+
+// Writes what the session produced outside a response (handshake flights,
+// alerts). 0 or a libuv error.
+int Conn::flush_tls() {
+  std::vector<uint8_t>& o = tls->output();
+  if (o.empty()) return 0;
+  auto* w = new TlsWrite;
+  w->bytes = std::move(o);
+  o.clear();
+  w->conn = this;
+  w->req.data = w;
+  uv_buf_t b = uv_buf_init(reinterpret_cast<char*>(w->bytes.data()), static_cast<unsigned>(w->bytes.size()));
+  int r = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&tcp), &b, 1, [](uv_write_t* req, int status) {
+    auto* tw = static_cast<TlsWrite*>(req->data);
+    Conn* c = tw->conn;
+    delete tw;
+    if (status < 0 && c->state != State::Closing) c->close_conn(true);
+  });
+  if (r != 0) delete w;
+  return r;
+}
+
+// Starts the response write (write_req; on_write follows): the buffers as
+// they are, or sealed into one run of records with TLS.
+int Conn::send(const uv_buf_t* bufs, unsigned nbufs) {
+  write_req.data = this;
+  auto* st = reinterpret_cast<uv_stream_t*>(&tcp);
+  if (!tls) return uv_write(&write_req, st, bufs, nbufs, on_write);
+  // Records sealed earlier go first (none: every session call is flushed).
+  if (int r = flush_tls(); r != 0) return r;
+  // Ping-pong between two buffers: the session seals into the one the last
+  // write used, so a piece's steps allocate nothing.
+  sealed.clear();
+  std::swap(sealed, tls->output());
+  for (unsigned i = 0; i < nbufs; i++) {
+    if (tls->write(reinterpret_cast<const uint8_t*>(bufs[i].base), bufs[i].len) != tls::Status::Ok) {
+      obs::log_debug("upload TLS write failed").str("peer", peer).str("error", tls->error_string());
+      return UV_EPROTO;
+    }
+  }
+  std::swap(sealed, tls->output());
+  uv_buf_t b = uv_buf_init(reinterpret_cast<char*>(sealed.data()), static_cast<unsigned>(sealed.size()));
+  return uv_write(&write_req, st, &b, 1, on_write);
 }
 
 void Conn::on_alloc(uv_handle_t* h, size_t, uv_buf_t* b) {
@@ -272,7 +392,11 @@ void Conn::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* b) {
     c->close_conn(nread != UV_EOF || c->state != State::Idle || !c->inbuf.empty());
     return;
   }
-  c->inbuf.append(b->base, static_cast<size_t>(nread));
+  if (c->tls) {
+    if (!c->read_tls(b->base, static_cast<size_t>(nread))) return;
+  } else {
+    c->inbuf.append(b->base, static_cast<size_t>(nread));
+  }
   if (c->state == State::Idle) {
     c->last_activity_ms = c->now_ms();
     c->process();
@@ -361,9 +485,7 @@ void Conn::reply(const std::string& bytes) {
   state = State::Reply;
   out = bytes;
   uv_buf_t b = uv_buf_init(out.data(), static_cast<unsigned>(out.size()));
-  write_req.data = this;
-  int r = uv_write(&write_req, reinterpret_cast<uv_stream_t*>(&tcp), &b, 1, on_write);
-  if (r != 0) return close_conn(true);
+  if (send(&b, 1) != 0) return close_conn(true);
   writing = true;
 }
 
@@ -377,10 +499,8 @@ void Conn::start_piece() {
   last_activity_ms = now_ms();
   if (ref.length == 0) {
     uv_buf_t b = uv_buf_init(out.data(), static_cast<unsigned>(out.size()));
-    write_req.data = this;
     step = 0;
-    if (uv_write(&write_req, reinterpret_cast<uv_stream_t*>(&tcp), &b, 1, on_write) != 0)
-      return close_conn(true);
+    if (send(&b, 1) != 0) return close_conn(true);
     writing = true;
     return;
   }
@@ -447,9 +567,7 @@ void Conn::read_done(ssize_t got) {
   unsigned nbufs = 0;
   if (!out.empty()) bufs[nbufs++] = uv_buf_init(out.data(), static_cast<unsigned>(out.size()));
   bufs[nbufs++] = uv_buf_init(buf.get(), step);
-  write_req.data = this;
-  int r = uv_write(&write_req, reinterpret_cast<uv_stream_t*>(&tcp), bufs, nbufs, on_write);
-  if (r != 0) return close_conn(true);
+  if (send(bufs, nbufs) != 0) return close_conn(true);
   writing = true;
 }
 
@@ -494,6 +612,10 @@ void Conn::after_response() {
   if (!keep_alive) return close_conn(false);
   state = State::Idle;
   buf.reset();
+  if (tls) {
+    std::vector<uint8_t>().swap(sealed);
+    if (tls->output().empty()) std::vector<uint8_t>().swap(tls->output());
+  }
   last_activity_ms = now_ms();
   parser.resume();
   process();

@@ -126,8 +126,8 @@ struct Server::Impl::Conn final : http::Handler {
   bool body_too_large = false;
   std::string in;  // received bytes not yet parsed
   size_t in_off = 0;
-  std::string out;   // answers waiting for the socket
-  std::string wbuf;  // the answers in flight
+  std::string out;        // answers waiting for the socket
+  std::string wbuf;       // the answers in flight
   std::string req_nonce;  // the request being answered; a member to keep its buffer
   uv_write_t wreq{};
 
@@ -198,7 +198,8 @@ struct Server::Impl::Conn final : http::Handler {
     if (head.method == "GET" && head.target == "/healthz") {
       queue(200, "text/plain", "ok", nullptr, close_conn);
     } else {
-      auto v = srv->verifier.verify(head.method, head.target, head.headers, body, srv->unix_now(), &req_nonce);
+      auto v =
+          srv->verifier.verify(head.method, head.target, head.headers, body, srv->unix_now(), &req_nonce);
       if (v != p2p::Verifier::Verdict::Ok) {
         uint64_t held = 0;
         if (srv->refused_log.allow(uv_now(srv->loop), &held)) {

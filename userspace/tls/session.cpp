@@ -32,8 +32,16 @@
 // out_ctr, which is the Finished already sent: reusing it would reuse a GCM
 // nonce), the next incoming is in_ctr. Any other suite, or any state this
 // does not expect, stays on mbedTLS's record layer.
+//
+// Pre-shared keys. ServerConfig::psk() and ClientConfig::psk() speak only
+// TLS-DHE-PSK-WITH-AES-128-GCM-SHA256: no certificate is sent or checked,
+// each side proves the key through the Finished messages (mbedTLS mixes it
+// into the premaster secret with the DHE result). Its key block is the same
+// as any AES-128-GCM suite's (no MAC keys, 4-byte implicit IVs), so fast
+// records take over exactly as above.
 #include "shoal/tls/session.h"
 
+#include <mbedtls/dhm.h>
 #include <mbedtls/error.h>
 #include <mbedtls/platform_util.h>
 #include <mbedtls/ssl_ciphersuites.h>
@@ -74,6 +82,11 @@ const int kSuitesMbed[] = {
     MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
     0,
 };
+
+// PSK configurations offer one suite (see kPskSuite).
+const int kSuitesPsk[] = {kPskSuite, 0};
+const unsigned char kFfdhe2048P[] = MBEDTLS_DHM_RFC7919_FFDHE2048_P_BIN;
+const unsigned char kFfdhe2048G[] = MBEDTLS_DHM_RFC7919_FFDHE2048_G_BIN;
 
 // mbedTLS's default list starts with the slowest curves (P-521); clients
 // pick the first curve both sides support, so lead with the fast ones.
@@ -143,6 +156,29 @@ void configure_common(mbedtls_ssl_config* conf, Rng* rng, bool fast_records) {
   mbedtls_ssl_conf_renegotiation(conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
   // Cannot fail: the list is static and its names are short.
   mbedtls_ssl_conf_alpn_protocols(conf, kAlpn);
+}
+
+// The PSK half of both PSK configurations: the suite and the key. True, or
+// false with *err.
+bool configure_psk(mbedtls_ssl_config* conf, const std::string& key, const std::string& identity,
+                   std::string* err) {
+  if (key.empty() || key.size() > MBEDTLS_PSK_MAX_LEN) {
+    *err = "PSK of " + std::to_string(key.size()) + " bytes (1 to " + std::to_string(MBEDTLS_PSK_MAX_LEN) +
+           " allowed)";
+    return false;
+  }
+  if (identity.empty()) {
+    *err = "empty PSK identity";
+    return false;
+  }
+  mbedtls_ssl_conf_ciphersuites(conf, kSuitesPsk);
+  int ret = mbedtls_ssl_conf_psk(conf, reinterpret_cast<const unsigned char*>(key.data()), key.size(),
+                                 reinterpret_cast<const unsigned char*>(identity.data()), identity.size());
+  if (ret != 0) {
+    *err = "PSK: " + mbed_error(ret);
+    return false;
+  }
+  return true;
 }
 
 [[noreturn]] void die(const char* what, int ret) {
@@ -228,6 +264,29 @@ ServerConfig::ServerConfig(Rng* rng, bool fast_records) : fast_records_(fast_rec
   mbedtls_ssl_conf_alpn_protocols(&conf_, kServerAlpn);
 }
 
+ServerConfig::ServerConfig(Rng* rng, PskTag) : fast_records_(true), psk_(true) {
+  mbedtls_ssl_config_init(&conf_);
+  int ret = mbedtls_ssl_config_defaults(&conf_, MBEDTLS_SSL_IS_SERVER, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                        MBEDTLS_SSL_PRESET_DEFAULT);
+  if (ret != 0) die("server config", ret);
+  configure_common(&conf_, rng, fast_records_);
+}
+
+std::unique_ptr<ServerConfig> ServerConfig::psk(Rng* rng, const std::string& key, const std::string& identity,
+                                                std::string* err) {
+  std::unique_ptr<ServerConfig> c(new ServerConfig(rng, PskTag{}));
+  if (!configure_psk(c->conf(), key, identity, err)) return nullptr;
+  // mbedTLS's server default is RFC 3526's 2048-bit group; the RFC 7919 one
+  // is the group clients are told to expect.
+  int ret = mbedtls_ssl_conf_dh_param_bin(c->conf(), kFfdhe2048P, sizeof kFfdhe2048P, kFfdhe2048G,
+                                          sizeof kFfdhe2048G);
+  if (ret != 0) {
+    *err = "DH parameters: " + mbed_error(ret);
+    return nullptr;
+  }
+  return c;
+}
+
 ServerConfig::~ServerConfig() { mbedtls_ssl_config_free(&conf_); }
 
 void ServerConfig::set_ciphersuite_for_test(int id) {
@@ -252,6 +311,26 @@ ClientConfig::ClientConfig(Rng* rng, TrustStore* trust, bool insecure, bool fast
     // reading of "verify, but trust nothing".
     if (trust != nullptr) mbedtls_ssl_conf_ca_chain(&conf_, trust->chain(), nullptr);
   }
+}
+
+ClientConfig::ClientConfig(Rng* rng, PskTag) : insecure_(false), fast_records_(true), psk_(true) {
+  mbedtls_ssl_config_init(&conf_);
+  int ret = mbedtls_ssl_config_defaults(&conf_, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                        MBEDTLS_SSL_PRESET_DEFAULT);
+  if (ret != 0) die("client config", ret);
+  configure_common(&conf_, rng, fast_records_);
+  // The suite has no certificate: knowing the key is what authenticates the
+  // server (its Finished is keyed with it).
+  mbedtls_ssl_conf_authmode(&conf_, MBEDTLS_SSL_VERIFY_NONE);
+  // A server's group smaller than ffdhe2048 is refused.
+  mbedtls_ssl_conf_dhm_min_bitlen(&conf_, 2048);
+}
+
+std::unique_ptr<ClientConfig> ClientConfig::psk(Rng* rng, const std::string& key, const std::string& identity,
+                                                std::string* err) {
+  std::unique_ptr<ClientConfig> c(new ClientConfig(rng, PskTag{}));
+  if (!configure_psk(c->conf(), key, identity, err)) return nullptr;
+  return c;
 }
 
 ClientConfig::~ClientConfig() { mbedtls_ssl_config_free(&conf_); }
@@ -306,6 +385,28 @@ std::unique_ptr<Session> Session::client(ClientConfig* cfg, const std::string& h
     if (name.size() > 1 && name.back() == '.') name.pop_back();
     if (mbedtls_ssl_set_hostname(&s->ssl_, name.c_str()) != 0) return nullptr;
   }
+  return s;
+}
+
+std::unique_ptr<Session> Session::server(ServerConfig* cfg) {
+  if (!cfg->is_psk()) return nullptr;
+  std::unique_ptr<Session> s(new Session());
+  if (mbedtls_ssl_setup(&s->ssl_, cfg->conf()) != 0) return nullptr;
+  s->fast_allowed_ = cfg->fast_records();
+  mbedtls_ssl_set_bio(&s->ssl_, s.get(), bio_send, bio_recv, nullptr);
+  return s;
+}
+
+std::unique_ptr<Session> Session::client(ClientConfig* cfg) {
+  if (!cfg->is_psk()) return nullptr;
+  std::unique_ptr<Session> s(new Session());
+  if (mbedtls_ssl_setup(&s->ssl_, cfg->conf()) != 0) return nullptr;
+  s->is_client_ = true;
+  s->fast_allowed_ = cfg->fast_records();
+  mbedtls_ssl_set_bio(&s->ssl_, s.get(), bio_send, bio_recv, nullptr);
+  // No server name: peers are reached by address and prove themselves with
+  // the key.
+  if (mbedtls_ssl_set_hostname(&s->ssl_, nullptr) != 0) return nullptr;
   return s;
 }
 

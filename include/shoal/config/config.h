@@ -145,6 +145,7 @@ struct Config {
   uint32_t parallel_parents = 4;    // p2p.parallelParents (1..64)
   uint64_t stall_rate = 64 * 1024;  // p2p.stallRate, bytes/s (same syntax as uploadRate)
   double stall_time_s = 5.0;        // p2p.stallTime (duration, like other durations in the file)
+  bool peer_tls = false;            // p2p.tls: piece links over TLS keyed by the cluster secret
   // Scheduler role (schedulerServer.*), read by `shoald scheduler`.
   Endpoint scheduler_listen{"0.0.0.0", 8002};  // schedulerServer.listen
   std::string scheduler_secret_file;           // schedulerServer.clusterSecretFile

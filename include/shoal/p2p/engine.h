@@ -36,6 +36,10 @@
 #include "shoal/p2p/protocol.h"
 #include "shoal/task/engine.h"
 
+namespace shoal::tls {
+class ClientConfig;
+}  // namespace shoal::tls
+
 namespace shoal::p2p {
 
 // What the proxy module needs to repeat a client's GET to the origin.
@@ -78,9 +82,13 @@ struct EngineOptions {
   uint64_t stall_rate = 64 * 1024;
   double stall_time_s = 5.0;
   uint32_t mark = 0;  // SO_MARK on peer and scheduler connections
+  // p2p.tls: piece requests and the upload server speak TLS keyed by the
+  // secret (peer_tls.h); every peer of a cluster must agree.
+  bool tls = false;
 };
 
 class PeerTask;
+class PeerTls;
 class SchedulerClient;
 class UploadServer;
 class Verifier;
@@ -117,6 +125,9 @@ class Engine {
   SchedulerClient& scheduler() { return *sched_; }
   const EngineOptions& options() const { return opts_; }
   Signer& signer() { return *signer_; }
+  // The configuration piece requests speak TLS with; null when p2p.tls is
+  // off.
+  tls::ClientConfig* peer_tls();
   void task_finished(PeerTask* pt);  // PeerTask is done: the engine frees it
   size_t downloads() const { return downloads_.size(); }
 
@@ -127,6 +138,8 @@ class Engine {
   OriginFetcher* origin_;
   EngineOptions opts_;
   std::unique_ptr<Signer> signer_;
+  std::unique_ptr<PeerTls> tls_;  // with opts_.tls
+  std::string tls_error_;         // why tls_ could not be built; start() reports it
   std::unique_ptr<Verifier> verifier_;
   std::unique_ptr<SchedulerClient> sched_;
   std::unique_ptr<Source> source_;

@@ -10,6 +10,11 @@
 // signature and a request for a piece this host does not hold get the same
 // 403, so an outsider learns nothing about what is here.
 //
+// With a TLS configuration (p2p.tls) every connection starts with a TLS
+// handshake keyed by the cluster secret (peer_tls.h); a client that does
+// not complete it (one that speaks plain HTTP, or holds another secret) is
+// closed without an answer.
+//
 // Ownership: the server owns its connections; each frees itself in its
 // last close callback. A file read in flight keeps its connection alive
 // until it returns.
@@ -23,6 +28,10 @@
 #include <string>
 
 #include "shoal/p2p/auth.h"
+
+namespace shoal::tls {
+class ServerConfig;
+}  // namespace shoal::tls
 
 namespace shoal::p2p {
 
@@ -50,6 +59,9 @@ class UploadServer {
   struct Options {
     uint32_t slots = 16;
     uint64_t rate = 0;  // bytes per second, 0 = unlimited
+    // A PSK configuration (tls::ServerConfig::psk) to speak TLS with, or
+    // null for plain TCP. Must outlive the server.
+    tls::ServerConfig* tls = nullptr;
   };
   UploadServer(uv_loop_t* loop, PieceSource* source, Verifier* verifier, Options opts);
   ~UploadServer();  // close() must have completed

@@ -34,8 +34,8 @@ struct ServerOptions {
   uint64_t stats_interval_ms = 60000;  // a "scheduler stats" log line
   // Request nonces remembered for replay checks (auth.h: 120 s window).
   // p2p::kMaxNonces (1M) would cap a scheduler at a sustained 8,300
-  // requests/s; 8M allows 66,000/s at roughly 70 bytes a nonce (about
-  // 560 MB when full, nothing when idle).
+  // requests/s; 8M allows 66,000/s at about 32 bytes a nonce (about
+  // 256 MB when full; pages are touched only as the cache fills).
   size_t max_nonces = 8000000;
 };
 

@@ -74,17 +74,31 @@ class TrustStore {
 class ServerConfig {
  public:
   explicit ServerConfig(Rng* rng, bool fast_records = true);
+  // Pre-shared-key configuration for links between Shoal nodes (see
+  // kPskSuiteName): no certificates; a client is accepted only if it names
+  // identity and proves it holds key (a wrong identity gets an
+  // unknown_psk_identity alert, a wrong key fails the Finished check).
+  // Fast records always. key: 1 to MBEDTLS_PSK_MAX_LEN (32) bytes; identity
+  // not empty. nullptr with *err saying why when either is refused or
+  // mbedTLS cannot allocate. The caller owns the result; one per event loop
+  // (it holds that loop's Rng). Sessions come from Session::server(cfg).
+  static std::unique_ptr<ServerConfig> psk(Rng* rng, const std::string& key, const std::string& identity,
+                                           std::string* err);
   ~ServerConfig();
   ServerConfig(const ServerConfig&) = delete;
   ServerConfig& operator=(const ServerConfig&) = delete;
   mbedtls_ssl_config* conf() { return &conf_; }
   bool fast_records() const { return fast_records_; }
+  bool is_psk() const { return psk_; }
   // Offers only this suite (tests pin AES-256-GCM or ChaCha20 with it).
   void set_ciphersuite_for_test(int id);
 
  private:
+  struct PskTag {};
+  ServerConfig(Rng* rng, PskTag);
   mbedtls_ssl_config conf_;
   bool fast_records_;
+  bool psk_ = false;
   int only_suite_[2] = {0, 0};
 };
 
@@ -95,22 +109,39 @@ class ServerConfig {
 class ClientConfig {
  public:
   ClientConfig(Rng* rng, TrustStore* trust, bool insecure, bool fast_records = true);
+  // The client side of ServerConfig::psk(): the same suite, sends identity
+  // and proves key; the server is authenticated by its knowing key (there
+  // is no certificate to verify). Same arguments, errors and ownership as
+  // ServerConfig::psk(). Sessions come from Session::client(cfg).
+  static std::unique_ptr<ClientConfig> psk(Rng* rng, const std::string& key, const std::string& identity,
+                                           std::string* err);
   ~ClientConfig();
   ClientConfig(const ClientConfig&) = delete;
   ClientConfig& operator=(const ClientConfig&) = delete;
   mbedtls_ssl_config* conf() { return &conf_; }
   bool insecure() const { return insecure_; }
   bool fast_records() const { return fast_records_; }
+  bool is_psk() const { return psk_; }
   void set_ciphersuite_for_test(int id);
   // Lets the client start a renegotiation (tests check the peer refuses).
   void allow_renegotiation_for_test();
 
  private:
+  struct PskTag {};
+  ClientConfig(Rng* rng, PskTag);
   mbedtls_ssl_config conf_;
   bool insecure_;
   bool fast_records_;
+  bool psk_ = false;
   int only_suite_[2] = {0, 0};
 };
+
+// The one suite PSK configurations speak: the key authenticates both sides,
+// an ephemeral Diffie-Hellman exchange in the RFC 7919 ffdhe2048 group gives
+// forward secrecy (a leaked key does not open recorded traffic), and AES-GCM
+// lets the libcrypto record layer take over after the handshake.
+constexpr int kPskSuite = MBEDTLS_TLS_DHE_PSK_WITH_AES_128_GCM_SHA256;
+constexpr const char kPskSuiteName[] = "TLS-DHE-PSK-WITH-AES-128-GCM-SHA256";
 
 enum class Status {
   Ok,        // done (handshake complete / data returned / data accepted)
@@ -132,6 +163,11 @@ class Session {
   // mbedTLS 2.28 cannot. nullptr when mbedTLS cannot allocate or host is
   // longer than MBEDTLS_SSL_MAX_HOST_NAME_LEN.
   static std::unique_ptr<Session> client(ClientConfig* cfg, const std::string& host);
+  // PSK sessions (ServerConfig::psk(), ClientConfig::psk()): no certificate,
+  // no SNI. nullptr when cfg is not a PSK configuration or mbedTLS cannot
+  // allocate.
+  static std::unique_ptr<Session> server(ServerConfig* cfg);
+  static std::unique_ptr<Session> client(ClientConfig* cfg);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;

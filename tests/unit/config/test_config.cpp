@@ -800,6 +800,7 @@ void test_p2p_defaults(void**) {
   assert_int_equal(c.parallel_parents, 4);
   assert_int_equal(c.stall_rate, 64 * 1024);
   assert_true(c.stall_time_s == 5.0);
+  assert_false(c.peer_tls);
   assert_string_equal(c.scheduler_listen.addr.c_str(), "0.0.0.0");
   assert_int_equal(c.scheduler_listen.port, 8002);
   assert_string_equal(c.scheduler_secret_file.c_str(), "");
@@ -833,6 +834,7 @@ void test_p2p_keys(void**) {
       "  parallelParents: 8\n"
       "  stallRate: 1Mbit/s\n"
       "  stallTime: 1m30s\n"
+      "  tls: true\n"
       "schedulerServer:\n"
       "  listen: 10.0.0.5:8002\n"
       "  clusterSecretFile: /etc/shoal/cluster.key\n"
@@ -859,6 +861,7 @@ void test_p2p_keys(void**) {
   assert_int_equal(c.parallel_parents, 8);
   assert_int_equal(c.stall_rate, 125000);
   assert_true(c.stall_time_s == 90.0);
+  assert_true(c.peer_tls);
   assert_string_equal(c.scheduler_listen.addr.c_str(), "10.0.0.5");
   assert_int_equal(c.scheduler_listen.port, 8002);
   assert_string_equal(c.scheduler_secret_file.c_str(), "/etc/shoal/cluster.key");
@@ -913,12 +916,13 @@ void test_p2p_errors(void**) {
   // The wrong shapes.
   const LoadResult shapes = load(
       "p2p:\n  schedulers: 10.0.0.5:8002\n  labels: [a]\n  uploadSlots: many\n  stallTime: soon\n"
-      "  colour: red\n");
+      "  colour: red\n  tls: maybe\n");
   expect_diag(shapes, "p2p.schedulers", 2, 15, "expected a list");
   expect_diag(shapes, "p2p.labels", 3, 11, "expected a mapping");
   expect_diag(shapes, "p2p.uploadSlots", 4, 16, "expected an integer");
   expect_diag(shapes, "p2p.stallTime", 5, 14, "expected a duration");
   expect_diag(shapes, "p2p.colour", 6, 3, "unknown key");
+  expect_diag(shapes, "p2p.tls", 7, 8, "expected true or false");
   expect_diag(load("p2p:\n  labels:\n    a: 1\n    a: 2\n"), "p2p.labels.a", 4, 5,
               "duplicate key (first at line 3)");
 

@@ -2,6 +2,9 @@
 // tampering, the time window, replays, the nonce cache's bound, response
 // signatures and the secret file's checks.
 #include <fcntl.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/sha.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,7 +12,10 @@
 #include <cctype>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <filesystem>
+#include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -245,6 +251,153 @@ void test_concurrent_replay(void**) {
   assert_int_equal(v.remembered(), 801);
 }
 
+// The reference: OpenSSL's one-shot HMAC over the message auth.h spells
+// out, in lower-case hex.
+std::string reference_mac(const std::string& secret, const std::string& msg) {
+  uint8_t mac[32];
+  unsigned int len = 0;
+  assert_non_null(HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),
+                       reinterpret_cast<const uint8_t*>(msg.data()), msg.size(), mac, &len));
+  assert_int_equal(len, 32);
+  static const char kDigits[] = "0123456789abcdef";
+  std::string hex;
+  for (uint8_t b : mac) {
+    hex.push_back(kDigits[b >> 4]);
+    hex.push_back(kDigits[b & 15]);
+  }
+  return hex;
+}
+
+std::string body_hash(const std::string& body) {
+  uint8_t sum[32];
+  SHA256(reinterpret_cast<const uint8_t*>(body.data()), body.size(), sum);
+  static const char kDigits[] = "0123456789abcdef";
+  std::string hex;
+  for (uint8_t b : sum) {
+    hex.push_back(kDigits[b >> 4]);
+    hex.push_back(kDigits[b & 15]);
+  }
+  return hex;
+}
+
+// The precomputed key states give HMAC-SHA256 itself, for secrets shorter
+// than, as long as and longer than SHA-256's 64-byte block (hashed first).
+void test_known_answers(void**) {
+  for (size_t len : {16, 63, 64, 65, 300}) {
+    std::string secret;
+    for (size_t i = 0; i < len; i++) secret.push_back(static_cast<char>('!' + (i * 7) % 90));
+    const Signer s(secret);
+    const Signer copy = s;  // copies share the key
+    for (const std::string& body : {std::string(), kBody, std::string(1000, 'b')}) {
+      std::string nonce;
+      std::vector<Header> h = copy.sign("POST", kPath, body, kNow, &nonce);
+      const std::string msg =
+          "shoal-req-v1\nPOST\n" + kPath + "\n1700000000\n" + nonce + "\n" + body_hash(body);
+      assert_string_equal(find(&h, "X-Shoal-Signature")->c_str(), reference_mac(secret, msg).c_str());
+      for (int status : {200, 404, -1}) {
+        const std::string rmsg =
+            "shoal-resp-v1\n" + nonce + "\n" + std::to_string(status) + "\n" + body_hash(body);
+        assert_string_equal(s.sign_response(nonce, status, body).c_str(),
+                            reference_mac(secret, rmsg).c_str());
+      }
+      Verifier v(secret);
+      assert_int_equal(v.verify("POST", kPath, h, body, kNow), V::Ok);
+    }
+  }
+}
+
+// The replay cache against a model (a set and a queue, as auth.h describes
+// it), small enough that its index collides and its ring wraps often:
+// random fresh requests, replays of earlier ones and steps of the clock.
+void test_replay_cache_model(void**) {
+  constexpr size_t kCap = 64;  // an index of 128 slots
+  Verifier v(kSecret, kCap);
+  const Signer signer(kSecret);
+  std::mt19937 rng(12345);
+  struct Sent {
+    std::vector<Header> h;
+    std::string nonce;
+    int64_t t;
+  };
+  std::vector<Sent> sent;
+  std::set<std::string> model;
+  std::deque<std::pair<int64_t, std::string>> order;
+  int64_t now = kNow;
+  size_t oks = 0, replays = 0;
+  for (int step = 0; step < 20000; step++) {
+    const auto r = rng() % 1000;
+    // About one fresh request a second: the cache stays near its bound,
+    // its oldest entries expiring one by one.
+    if (r < 500) {
+      now += r < 5 ? static_cast<int64_t>(rng() % 90) : 1;
+      continue;
+    }
+    const Sent* req;
+    Sent fresh;
+    if (r < 775 || sent.empty()) {
+      fresh.t = now - static_cast<int64_t>(rng() % 30);
+      fresh.h = signer.sign("POST", kPath, kBody, fresh.t, &fresh.nonce);
+      req = &fresh;
+    } else {
+      req = &sent[rng() % sent.size()];
+    }
+    V want = V::Ok;
+    if (now > req->t + kMaxClockSkew || now < req->t - kMaxClockSkew) {
+      want = V::Expired;
+    } else {
+      // The Verifier forgets only when a request reaches the cache.
+      while (!order.empty() && order.front().first < now - 2 * kMaxClockSkew) {
+        model.erase(order.front().second);
+        order.pop_front();
+      }
+      if (model.count(req->nonce) != 0 || model.size() >= kCap) want = V::Replayed;
+    }
+    std::string got_nonce;
+    const V got = v.verify("POST", kPath, req->h, kBody, now, &got_nonce);
+    assert_int_equal(got, want);
+    if (got == V::Ok) {
+      assert_string_equal(got_nonce.c_str(), req->nonce.c_str());
+      model.insert(req->nonce);
+      order.emplace_back(order.empty() ? now : std::max(now, order.back().first), req->nonce);
+      oks++;
+    } else if (got == V::Replayed) {
+      replays++;
+    }
+    if (req == &fresh) {
+      sent.push_back(std::move(fresh));
+      if (sent.size() > 100) sent.erase(sent.begin());
+    }
+    assert_int_equal(v.remembered(), model.size());
+  }
+  assert_true(oks > 1000);
+  assert_true(replays > 1000);
+}
+
+// A cache emptied by expiry after a burst gives its pages back and then
+// works as before.
+void test_replay_cache_release(void**) {
+  Verifier v(kSecret, 70000);
+  const Signer signer(kSecret);
+  std::vector<Header> first;
+  for (int i = 0; i < 66000; i++) {
+    std::vector<Header> h = signer.sign("POST", kPath, kBody, kNow, nullptr);
+    assert_int_equal(v.verify("POST", kPath, h, kBody, kNow), V::Ok);
+    if (i == 0) first = h;
+  }
+  assert_int_equal(v.verify("POST", kPath, first, kBody, kNow + 60), V::Replayed);
+  assert_int_equal(v.remembered(), 66000);
+  const std::vector<Header> late = signer.sign("POST", kPath, kBody, kNow + 121, nullptr);
+  assert_int_equal(v.verify("POST", kPath, late, kBody, kNow + 121), V::Ok);
+  assert_int_equal(v.remembered(), 1);
+  assert_int_equal(v.verify("POST", kPath, late, kBody, kNow + 122), V::Replayed);
+  for (int i = 0; i < 100; i++) {
+    assert_int_equal(
+        v.verify("POST", kPath, signer.sign("POST", kPath, kBody, kNow + 122, nullptr), kBody, kNow + 122),
+        V::Ok);
+  }
+  assert_int_equal(v.remembered(), 101);
+}
+
 // ---- Secret files ----
 
 struct TempDir {
@@ -306,10 +459,17 @@ void test_secret_file(void**) {
 
 int run_auth_tests() {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_round_trip),    cmocka_unit_test(test_tampering),
-      cmocka_unit_test(test_time_window),   cmocka_unit_test(test_replay),
-      cmocka_unit_test(test_bounded_cache), cmocka_unit_test(test_missing_and_version),
-      cmocka_unit_test(test_response),      cmocka_unit_test(test_concurrent_replay),
+      cmocka_unit_test(test_round_trip),
+      cmocka_unit_test(test_tampering),
+      cmocka_unit_test(test_time_window),
+      cmocka_unit_test(test_replay),
+      cmocka_unit_test(test_bounded_cache),
+      cmocka_unit_test(test_missing_and_version),
+      cmocka_unit_test(test_response),
+      cmocka_unit_test(test_concurrent_replay),
+      cmocka_unit_test(test_known_answers),
+      cmocka_unit_test(test_replay_cache_model),
+      cmocka_unit_test(test_replay_cache_release),
       cmocka_unit_test(test_secret_file),
   };
   return cmocka_run_group_tests_name("p2p auth", tests, nullptr, nullptr);

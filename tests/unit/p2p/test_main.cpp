@@ -1,9 +1,18 @@
 // p2p unit tests: one binary, one CMocka group per file; each file exports
 // its group runner and main adds up the failures.
+#include <signal.h>
+
 #include "../cmocka_cpp.h"
 
 int run_protocol_tests();       // test_protocol.cpp
 int run_auth_tests();           // test_auth.cpp
 int run_upload_server_tests();  // test_upload_server.cpp
+int run_peer_tls_tests();       // test_peer_tls.cpp
 
-int main() { return run_protocol_tests() + run_auth_tests() + run_upload_server_tests(); }
+int main() {
+  // As in shoald: a write to a peer that has already reset the connection
+  // (a client gone mid-piece, a TLS alert after a failed handshake) must be
+  // an EPIPE for libuv, not the end of the process.
+  signal(SIGPIPE, SIG_IGN);
+  return run_protocol_tests() + run_auth_tests() + run_upload_server_tests() + run_peer_tls_tests();
+}

@@ -1,5 +1,5 @@
-// tls unit tests: one binary, four CMocka groups (client_hello,
-// cert_authority, session, record_layer) sharing a throwaway PKI.
+// tls unit tests: one binary, five CMocka groups (client_hello,
+// cert_authority, session, record_layer, psk) sharing a throwaway PKI.
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -188,6 +188,7 @@ int main() {
   failed += run_cert_authority_tests();
   failed += run_session_tests();
   failed += run_record_layer_tests();
+  failed += run_psk_tests();
   remove_pki();
   return failed == 0 ? 0 : 1;
 }

@@ -68,5 +68,6 @@ int run_client_hello_tests();
 int run_cert_authority_tests();
 int run_session_tests();
 int run_record_layer_tests();
+int run_psk_tests();
 
 }  // namespace shoal::tls::test
