@@ -17,6 +17,10 @@ namespace shoal::p2p {
 class Engine::Source : public PieceSource {
  public:
   explicit Source(Engine& e) : e_(e) {}
+  bool piece_busy(const std::string& task_id, uint32_t index) override {
+    auto it = uploading_.find({task_id, index});
+    return it != uploading_.end() && it->second >= kUploadsPerPiece;
+  }
   bool open_piece(const std::string& task_id, uint32_t index, PieceRef* out) override {
     auto it = e_.downloads_.find(task_id);
     if (it != e_.downloads_.end()) {
@@ -27,7 +31,7 @@ class Engine::Source : public PieceSource {
       out->fd = fd;
       out->offset = static_cast<uint64_t>(index) * pt->piece_size();
       out->length = pt->piece_len(index);
-      out->token = add(fd, "");
+      out->token = add(fd, "", task_id, index);
       return true;
     }
     if (!task::valid_task_id(task_id)) return false;
@@ -46,26 +50,39 @@ class Engine::Source : public PieceSource {
     out->offset = static_cast<uint64_t>(index) * meta.piece_size;
     uint64_t left = meta.length - out->offset;
     out->length = static_cast<uint32_t>(left < meta.piece_size ? left : meta.piece_size);
-    out->token = add(fd, task_id);
+    out->token = add(fd, task_id, task_id, index);
     return true;
   }
   void release_piece(const PieceRef& ref) override {
     auto it = open_.find(ref.token);
     if (it == open_.end()) return;
-    close(it->second.first);
-    if (!it->second.second.empty()) e_.tasks_->store().unpin(it->second.second);
+    close(it->second.fd);
+    if (!it->second.pinned.empty()) e_.tasks_->store().unpin(it->second.pinned);
+    auto u = uploading_.find(it->second.piece);
+    if (u != uploading_.end() && --u->second == 0) uploading_.erase(u);
     open_.erase(it);
   }
 
  private:
-  uint64_t add(int fd, const std::string& pinned) {
+  using PieceKey = std::pair<std::string, uint32_t>;
+  // Uploads of one piece at once. Two keep a fresh piece's holder busy
+  // while the peers that got it pass it on.
+  static constexpr uint32_t kUploadsPerPiece = 2;
+  struct Open {
+    int fd;
+    std::string pinned;  // stored task id pinned against GC, or ""
+    PieceKey piece;
+  };
+  uint64_t add(int fd, const std::string& pinned, const std::string& task_id, uint32_t index) {
     uint64_t t = next_++;
-    open_[t] = {fd, pinned};
+    open_[t] = Open{fd, pinned, {task_id, index}};
+    uploading_[{task_id, index}]++;
     return t;
   }
   Engine& e_;
   uint64_t next_ = 1;
-  std::map<uint64_t, std::pair<int, std::string>> open_;  // token -> fd, pinned task id
+  std::map<uint64_t, Open> open_;  // token ->
+  std::map<PieceKey, uint32_t> uploading_;
 };
 
 Engine::Engine(uv_loop_t* loop, task::Engine* tasks, OriginFetcher* origin, EngineOptions opts)

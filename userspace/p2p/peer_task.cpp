@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <random>
 
 #include "scheduler_client.h"
 #include "shoal/obs/log.h"
@@ -22,7 +23,8 @@ constexpr int kOriginParallel = 2;   // Range fetches from the origin at once, p
 constexpr int kPerParent = 2;        // piece requests in flight per parent (pipelining)
 constexpr int kMaxOriginTries = 3;   // per piece, before the task fails
 constexpr int kMaxParentErrors = 3;  // before a parent is dropped for this task
-constexpr uint64_t kAvoidBusyMs = 1000;
+constexpr uint64_t kAvoidBusyMs = 250;
+constexpr uint64_t kQueryBusyMs = 500;  // scheduler polls while every fetch slot is busy
 constexpr uint64_t kAvoidStallMs = 30000;
 constexpr uint64_t kEndGameAfterMs = 1000;
 constexpr uint64_t kPieceTimeoutMs = 30 * 60 * 1000;  // stalls are caught long before
@@ -88,6 +90,9 @@ PeerTask::PeerTask(Engine& e, std::shared_ptr<task::ActiveTask> t, std::string u
   verifying_ = Bitmap(n_);
   hashes_.resize(n_);
   fetching_.assign(n_, 0);
+  rank_.resize(n_);
+  for (uint32_t i = 0; i < n_; ++i) rank_[i] = i;
+  std::shuffle(rank_.begin(), rank_.end(), std::mt19937(std::random_device{}()));
   uv_timer_init(e_.loop(), &timer_);
   timer_.data = this;
 }
@@ -248,14 +253,23 @@ void PeerTask::on_parents(int status, const std::string& body, int sched) {
   assigned_.clear();
   for (uint32_t i : resp.origin)
     if (i < n_ && !have_.test(i)) assigned_.insert(i);
-  // While downloading, ask again soon: parents announce new pieces all the
-  // time, and a piece learned of late is an uplink left idle.
-  next_query_ms_ = now + (resp.retry_ms ? resp.retry_ms : 500);
   schedule();
+  // While there is room for more fetches, ask again soon: parents announce
+  // new pieces all the time, and a piece learned of late is an uplink left
+  // idle. With every fetch slot busy, now and then is enough.
+  uint64_t next = parent_inflight_ < fetch_limit() ? kQueryBusyMs / 3 : kQueryBusyMs;
+  next_query_ms_ = now + (resp.retry_ms ? std::min<uint64_t>(resp.retry_ms, next) : next);
 }
 
 bool PeerTask::usable(const ParentInfo& p, uint32_t piece, uint64_t now) const {
   return !p.banned && p.avoid_until <= now && p.inflight < kPerParent && p.pieces.test(piece);
+}
+
+// Pieces in flight are held in memory until verified: at most 256 MiB of
+// them, whatever the piece size.
+int PeerTask::fetch_limit() const {
+  uint32_t by_memory = std::max<uint32_t>(2, (256u << 20) / psize_);
+  return static_cast<int>(std::max<uint32_t>(2, std::min(e_.options().parallel_parents * kPerParent, by_memory)));
 }
 
 void PeerTask::schedule() {
@@ -283,19 +297,18 @@ void PeerTask::schedule() {
   }
   // Parent pieces, rarest first (then in order, which the client's stream
   // likes best).
-  // Pieces in flight are held in memory until verified: at most 256 MiB
-  // of them, whatever the piece size.
-  uint32_t by_memory = std::max<uint32_t>(2, (256u << 20) / psize_);
-  int limit = static_cast<int>(
-      std::max<uint32_t>(2, std::min(e_.options().parallel_parents * kPerParent, by_memory)));
+  int limit = fetch_limit();
   if (parent_inflight_ >= limit || parents_.empty()) return;
-  std::vector<std::pair<int, uint32_t>> cands;
+  std::vector<std::pair<uint64_t, uint32_t>> cands;
   for (uint32_t i = 0; i < n_; ++i) {
     if (!wanted(i) || !hash_known_.test(i)) continue;
     int holders = 0;
     for (auto& kv : parents_)
       if (!kv.second.banned && kv.second.pieces.test(i)) holders++;
-    if (holders) cands.emplace_back(holders, i);
+    // Equally rare pieces in this peer's own random order: peers that start
+    // together then fetch different pieces and can trade them, instead of
+    // all queueing at one parent for the same piece.
+    if (holders) cands.emplace_back((static_cast<uint64_t>(holders) << 32) | rank_[i], i);
   }
   std::sort(cands.begin(), cands.end());
   for (auto& c : cands) {
@@ -527,6 +540,13 @@ void PeerTask::piece_stored(uint32_t piece, const std::string& parent, bool from
                             const task::Sha256& got) {
   have_.set(piece);
   uint32_t len = piece_len(piece);
+  obs::log_debug("piece done")
+      .str("task", id_)
+      .num("piece", piece)
+      .str("from", from_origin ? "origin" : parent)
+      .num("at_ms", static_cast<int64_t>(uv_now(e_.loop()) - start_ms_))
+      .num("inflight", parent_inflight_)
+      .num("parents", static_cast<int64_t>(parents_.size()));
   if (from_origin) {
     hashes_[piece] = got;
     hash_known_.set(piece);

@@ -75,6 +75,7 @@ class PeerTask {
   void maybe_query();
   void on_parents(int status, const std::string& body, int sched);
   void schedule();
+  int fetch_limit() const;
   bool usable(const ParentInfo& p, uint32_t piece, uint64_t now) const;
   void start_parent(uint32_t piece, const std::string& parent);
   void start_origin(uint32_t piece);
@@ -111,6 +112,7 @@ class PeerTask {
   Bitmap have_, hash_known_, from_origin_, verifying_;
   std::vector<task::Sha256> hashes_;
   std::vector<uint8_t> fetching_;
+  std::vector<uint32_t> rank_;  // tie-break among equally rare pieces
   std::map<uint64_t, Fetch> fetches_;
   uint64_t next_fetch_ = 1;
   std::map<std::string, ParentInfo> parents_;

@@ -55,7 +55,7 @@
 namespace shoal::p2p {
 namespace {
 
-constexpr uint32_t kChunk = 256 * 1024;
+constexpr uint32_t kChunk = 1024 * 1024;  // one thread-pool read per MiB sent
 constexpr size_t kReadBufferSize = 64 * 1024;
 constexpr size_t kMaxPipelined = 64 * 1024;
 constexpr size_t kMaxHeaderBytes = 16 * 1024;
@@ -459,7 +459,7 @@ void Conn::handle_request() {
   uint32_t index = 0;
   if (head.method != "GET" || had_body || !parse_piece_path(head.target, &task, &index))
     return forbidden("not a piece request");
-  if (srv->busy >= srv->opts.slots) {
+  if (srv->busy >= srv->opts.slots || srv->source->piece_busy(task, index)) {
     m().busy.inc();
     return reply(http::simple_response(503, "busy", keep_alive, {{"Retry-After", "1"}}));
   }

@@ -55,7 +55,7 @@ TaskMetrics& tm() {
 }
 
 constexpr size_t kTeeMax = 4 << 20;  // body bytes buffered before the origin is paused
-constexpr size_t kServeChunk = 64 * 1024;
+constexpr size_t kServeChunk = 256 * 1024;  // a thread-pool read is a round trip: few, large ones
 
 std::string hex(const uint8_t* p, size_t n) {
   static const char* k = "0123456789abcdef";

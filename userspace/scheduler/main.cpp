@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "shoal/config/config.h"
@@ -83,7 +84,7 @@ struct Runner {
 
 int main(int argc, char** argv) {
   std::string config_path, secret_file, log_dir;
-  config::Endpoint listen{"0.0.0.0", 8002};
+  config::Endpoint listen = config::Config{}.scheduler_listen;
   bool listen_given = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -119,20 +120,21 @@ int main(int argc, char** argv) {
     }
   }
 
+  // The configuration's defaults (config.h) apply without -c too.
   Options opts;
-  std::string log_level = "info";
+  std::shared_ptr<const config::Config> cfg = std::make_shared<config::Config>();
   if (!config_path.empty()) {
     config::LoadResult lr = config::load_file(config_path);
     for (const auto& d : lr.diags) fprintf(stderr, "%s\n", d.str().c_str());
     if (!lr.ok()) return 2;
-    const config::Config& c = *lr.config;
-    if (!listen_given) listen = c.scheduler_listen;
-    if (secret_file.empty()) secret_file = c.scheduler_secret_file;
-    opts.peer_timeout_ms = static_cast<int64_t>(c.scheduler_peer_timeout_s * 1000.0);
-    opts.origin_concurrency = c.scheduler_origin_concurrency;
-    opts.max_parents = c.scheduler_max_parents;
-    log_level = c.log_level;
+    cfg = lr.config;
+    if (!listen_given) listen = cfg->scheduler_listen;
+    if (secret_file.empty()) secret_file = cfg->scheduler_secret_file;
   }
+  opts.peer_timeout_ms = static_cast<int64_t>(cfg->scheduler_peer_timeout_s * 1000.0);
+  opts.origin_concurrency = cfg->scheduler_origin_concurrency;
+  opts.max_parents = cfg->scheduler_max_parents;
+  std::string log_level = cfg->log_level;
   if (secret_file.empty()) {
     fprintf(stderr,
             "shoald scheduler: no cluster secret: give --cluster-secret-file FILE "

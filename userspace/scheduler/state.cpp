@@ -45,6 +45,8 @@ constexpr double kMaxFactor = 2.0 * 1.5 * 1.25;
 constexpr size_t kBadReporters = 2;
 // ok/fail counts are halved past this sum, so the ratio follows recent results.
 constexpr uint32_t kRecentResults = 64;
+// A downloading peer that asked within this long competes for origin pieces.
+constexpr int64_t kSourceRecentMs = 2000;
 
 struct Bits {
   std::vector<uint64_t> w;
@@ -97,6 +99,14 @@ struct Task {
   uint64_t* bits_of(uint32_t i) { return hbits.data() + size_t{i} * words; }
   const uint64_t* bits_of(uint32_t i) const { return hbits.data() + size_t{i} * words; }
   std::vector<Assign> assigns;
+  // Downloading peers that may fetch from the origin (source: true): when
+  // each last asked and how many pieces it was handed. The origin's pieces
+  // go round them, so every uplink gets pieces of its own to pass on.
+  struct Source {
+    int64_t last_ms = 0;
+    uint32_t handed = 0;
+  };
+  std::unordered_map<uint32_t, Source> sources;  // peer slot ->
   // Peer ids, so that leaving and registering again does not clear them.
   std::unordered_map<std::string, std::vector<std::string>> excluded_by;    // reporter -> parents
   std::unordered_map<std::string, std::vector<std::string>> bad_reporters;  // parent -> reporters
@@ -304,13 +314,25 @@ struct State::Impl {
         int b = __builtin_ctzll(diff);
         diff &= diff - 1;
         uint32_t i = static_cast<uint32_t>(k * 64 + static_cast<size_t>(b));
-        if ((have.w[k] >> b) & 1u)
+        if ((have.w[k] >> b) & 1u) {
           ++x.count[i];
-        else
+        } else {
           --x.count[i];
+          unheld(x, i);
+        }
       }
     }
     std::copy(have.w.begin(), have.w.end(), mine);
+  }
+
+  // A piece nobody holds any more (its holders left, died or dropped it)
+  // must be fetched from the origin again: its hash is forgotten, so the
+  // piece counts as unknown and is assigned to a downloading peer, whose
+  // hash is then taken.
+  void unheld(Task& x, uint32_t i) {
+    if (x.count[i] != 0 || !x.known.test(i)) return;
+    x.known.clear(i);
+    if (i < x.first_unknown) x.first_unknown = i;
   }
 
   void clear_holding_bit(uint32_t t, uint32_t p, uint32_t piece) {
@@ -322,6 +344,7 @@ struct State::Impl {
     if (w & m) {
       w &= ~m;
       --x.count[piece];
+      unheld(x, piece);
     }
   }
 
@@ -337,7 +360,9 @@ struct State::Impl {
       while (w) {
         int bit = __builtin_ctzll(w);
         w &= w - 1;
-        --x.count[k * 64 + static_cast<size_t>(bit)];
+        uint32_t piece = static_cast<uint32_t>(k * 64 + static_cast<size_t>(bit));
+        --x.count[piece];
+        unheld(x, piece);
       }
     }
     x.pos.erase(it);
@@ -352,6 +377,7 @@ struct State::Impl {
     x.assigns.erase(
         std::remove_if(x.assigns.begin(), x.assigns.end(), [p](const Assign& a) { return a.peer == p; }),
         x.assigns.end());
+    x.sources.erase(p);
     if (x.holders.empty()) {
       x.empty_since = now;
       idle_tasks.emplace_back(now, t);
@@ -630,8 +656,23 @@ int State::parents(const p2p::ParentsReq& req, int64_t now_ms, p2p::ParentsResp*
   if (req.source) {
     uint32_t conc = opts_.origin_concurrency;
     uint32_t live = static_cast<uint32_t>(x.assigns.size());  // all live after the sweep
+    Task::Source& me = x.sources[p];
+    me.last_ms = now_ms;
     if (live < conc) {
-      uint32_t want = out->parents.empty() ? conc - live : 1;
+      // Alone, a peer keeps the origin busy; with others downloading too, a
+      // free slot goes to a peer with no origin piece in flight that was
+      // handed no more pieces than any other such peer asking lately.
+      uint32_t in_flight = 0;
+      for (const Assign& a : x.assigns) in_flight += a.peer == p;
+      bool others = false, poorer = false;
+      for (const auto& [q, src] : x.sources) {
+        if (q == p || now_ms - src.last_ms > kSourceRecentMs || !s.live(q, now_ms)) continue;
+        others = true;
+        bool busy = false;
+        for (const Assign& a : x.assigns) busy = busy || a.peer == q;
+        if (!busy && src.handed < me.handed) poorer = true;
+      }
+      uint32_t want = !others ? (out->parents.empty() ? conc - live : 1) : (in_flight == 0 && !poorer ? 1 : 0);
       for (uint32_t i = x.first_unknown; i < x.pieces && want > 0; ++i) {
         if (x.known.test(i) || s.req_have.test(i)) continue;
         bool taken = false;
@@ -639,6 +680,7 @@ int State::parents(const p2p::ParentsReq& req, int64_t now_ms, p2p::ParentsResp*
         if (taken) continue;
         x.assigns.push_back(Assign{i, p, 0});
         ++s.c.origin_assigned;
+        ++me.handed;
         --want;
       }
     }

@@ -150,7 +150,7 @@ struct Config {
   Endpoint scheduler_listen{"0.0.0.0", 8002};  // schedulerServer.listen
   std::string scheduler_secret_file;           // schedulerServer.clusterSecretFile
   double scheduler_peer_timeout_s = 15.0;      // schedulerServer.peerTimeout (duration)
-  uint32_t scheduler_origin_concurrency = 2;   // schedulerServer.originConcurrency (1..64)
+  uint32_t scheduler_origin_concurrency = 3;   // schedulerServer.originConcurrency (1..64)
   uint32_t scheduler_max_parents = 8;          // schedulerServer.maxParents (1..64)
 };
 

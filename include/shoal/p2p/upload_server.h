@@ -52,6 +52,15 @@ class PieceSource {
   // True and *out filled when this host holds the verified piece.
   virtual bool open_piece(const std::string& task_id, uint32_t index, PieceRef* out) = 0;
   virtual void release_piece(const PieceRef& ref) = 0;
+  // True when this piece is already being sent to as many peers as it
+  // should be at once: the asker gets 503 and fetches it from a peer that
+  // got it meanwhile, so a fresh piece spreads as a tree instead of every
+  // peer queueing at its only holder.
+  virtual bool piece_busy(const std::string& task_id, uint32_t index) {
+    (void)task_id;
+    (void)index;
+    return false;
+  }
 };
 
 class UploadServer {

@@ -805,7 +805,7 @@ void test_p2p_defaults(void**) {
   assert_int_equal(c.scheduler_listen.port, 8002);
   assert_string_equal(c.scheduler_secret_file.c_str(), "");
   assert_true(c.scheduler_peer_timeout_s == 15.0);
-  assert_int_equal(c.scheduler_origin_concurrency, 2);
+  assert_int_equal(c.scheduler_origin_concurrency, 3);
   assert_int_equal(c.scheduler_max_parents, 8);
   assert_int_equal(shoal::config::load_embedded_default().config->p2p_schedulers.size(), 0);
   // Empty sections and empty values keep the defaults.
@@ -839,7 +839,7 @@ void test_p2p_keys(void**) {
       "  listen: 10.0.0.5:8002\n"
       "  clusterSecretFile: /etc/shoal/cluster.key\n"
       "  peerTimeout: 30s\n"
-      "  originConcurrency: 3\n"
+      "  originConcurrency: 5\n"
       "  maxParents: 16\n",
       "shoald.yaml", "/etc/shoal");
   expect_clean(r);
@@ -866,7 +866,7 @@ void test_p2p_keys(void**) {
   assert_int_equal(c.scheduler_listen.port, 8002);
   assert_string_equal(c.scheduler_secret_file.c_str(), "/etc/shoal/cluster.key");
   assert_true(c.scheduler_peer_timeout_s == 30.0);
-  assert_int_equal(c.scheduler_origin_concurrency, 3);
+  assert_int_equal(c.scheduler_origin_concurrency, 5);
   assert_int_equal(c.scheduler_max_parents, 16);
   // A scheduler listed twice is a warning; the list keeps one.
   const LoadResult dup =

@@ -307,27 +307,37 @@ void test_origin_concurrency_option(void**) {
   Options o;
   o.origin_concurrency = 4;
   State s(o);
-  reg(s, "seed", 0);
-  reg(s, "a", 0);
-  reg(s, "b", 0);
+  for (auto p : {"seed", "a", "b", "c", "d"}) reg(s, p, 0);
   // A parent exists (for piece 0): one origin piece per call.
   announce(s, "seed", 10, bits(10, {0}), hashes_for({0}), 0);
   p2p::ParentsResp r;
   parents(s, "a", 10, p2p::Bitmap(10), true, 0, &r);
   assert_true(r.origin == std::vector<uint32_t>({1}));
+  // Still the only downloader: a second piece.
   parents(s, "a", 10, p2p::Bitmap(10), true, 0, &r);
   assert_true(r.origin == std::vector<uint32_t>({1, 2}));
+  // With other downloaders around, each has at most one piece in flight.
   parents(s, "b", 10, p2p::Bitmap(10), true, 0, &r);
   assert_true(r.origin == std::vector<uint32_t>({3}));
   parents(s, "b", 10, p2p::Bitmap(10), true, 0, &r);
-  assert_true(r.origin == std::vector<uint32_t>({3, 4}));
-  parents(s, "b", 10, p2p::Bitmap(10), true, 0, &r);
-  assert_true(r.origin == std::vector<uint32_t>({3, 4}));  // at the concurrency
-  assert_int_equal(s.live_assignments_for_test(kTask, 0), 4);
-  // b holds 3 now but has not announced its hash: no new piece, 3 no longer
-  // listed for b (it holds it), 4 still is.
-  parents(s, "b", 10, bits(10, {3}), true, 0, &r);
+  assert_true(r.origin == std::vector<uint32_t>({3}));
+  parents(s, "c", 10, p2p::Bitmap(10), true, 0, &r);
   assert_true(r.origin == std::vector<uint32_t>({4}));
+  assert_int_equal(s.live_assignments_for_test(kTask, 0), 4);
+  // At the concurrency: nothing for d.
+  parents(s, "d", 10, p2p::Bitmap(10), true, 0, &r);
+  assert_true(r.origin.empty());
+  // a lands piece 1: the free slot goes to d, which was handed nothing yet,
+  // not to a, which asks first.
+  announce(s, "a", 10, bits(10, {1}), hashes_for({1}), 100);
+  parents(s, "a", 10, bits(10, {1}), true, 100, &r);
+  assert_true(r.origin == std::vector<uint32_t>({2}));
+  parents(s, "d", 10, p2p::Bitmap(10), true, 100, &r);
+  assert_true(r.origin == std::vector<uint32_t>({5}));
+  // b holds 3 now but has not announced its hash: 3 is no longer listed for
+  // b (it holds it), and b gets no second piece.
+  parents(s, "b", 10, bits(10, {3}), true, 100, &r);
+  assert_true(r.origin.empty());
 }
 
 void test_assignment_deadline(void**) {
@@ -526,9 +536,40 @@ void test_leave(void**) {
   assert_int_equal(s.leave(l, 0, &err), 200);
   parents(s, "me", 2, p2p::Bitmap(2), false, 0, &r);
   assert_true(r.parents.empty());
-  // Hashes stay with the task.
-  assert_int_equal(r.hashes.size(), 2);
+  // Nobody holds the pieces any more: their hashes are forgotten and the
+  // pieces go back to the origin, through a downloading peer.
+  assert_int_equal(r.hashes.size(), 0);
+  parents(s, "me", 2, p2p::Bitmap(2), true, 0, &r);
+  assert_int_equal(r.origin.size(), 2);
   assert_int_equal(announce(s, "a", 2, all_bits(2), {}, 0), 404);
+}
+
+// A holder that dies takes its pieces with it: once it is forgotten, a
+// piece only it held is assigned to another downloading peer, even though
+// its hash was known (else the swarm would wait for it forever).
+void test_dead_holder_piece_refetched(void**) {
+  State s;
+  for (auto p : {"a", "b", "c"}) reg(s, p, 0);
+  // a fetched piece 0 from the origin; b holds piece 1.
+  announce(s, "a", 3, bits(3, {0}), hashes_for({0}), 0);
+  announce(s, "b", 3, bits(3, {1}), hashes_for({1}), 0);
+  p2p::ParentsResp r;
+  parents(s, "c", 3, p2p::Bitmap(3), true, 0, &r);
+  assert_true(std::find(r.origin.begin(), r.origin.end(), 0u) == r.origin.end());
+  // b and c keep heart-beating; a goes silent and is forgotten.
+  for (int64_t t = 5000; t <= 20000; t += 5000) {
+    for (auto p : {"b", "c"}) {
+      p2p::HeartbeatReq hb;
+      hb.peer = p;
+      std::string err;
+      s.heartbeat(hb, t, &err);
+    }
+    s.expire(t);
+  }
+  parents(s, "c", 3, p2p::Bitmap(3), true, 20000, &r);
+  assert_false(has_parent(r, "a"));
+  assert_true(has_parent(r, "b"));
+  assert_true(std::find(r.origin.begin(), r.origin.end(), 0u) != r.origin.end());
 }
 
 // Scale: 10,000 peers, 1,000 tasks, a mixed load. Prints the mean cost per
@@ -613,6 +654,7 @@ void test_scale(void**) {
 int run_state_tests() {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_register_heartbeat),
+      cmocka_unit_test(test_dead_holder_piece_refetched),
       cmocka_unit_test(test_unknown_peer_and_conflict),
       cmocka_unit_test(test_parents_basics),
       cmocka_unit_test(test_parent_pieces_need_known_hash),
