@@ -177,6 +177,8 @@ bench: deps-bench
 	$(Q)BUILD=$(abspath $(BUILD)) bench/run.sh
 	$(Q)BUILD=$(abspath $(BUILD)) bench/task.sh
 	$(Q)BUILD=$(abspath $(BUILD)) bench/connect.sh
+	$(Q)BUILD=$(abspath $(BUILD)) bench/p2p.sh
+	$(Q)BUILD=$(abspath $(BUILD)) bench/sched.sh
 
 check:
 	$(Q)clang-format --dry-run --Werror $(shell git ls-files '*.cpp' '*.h' | grep -v '^bpf/')

@@ -269,7 +269,8 @@ bool PeerTask::usable(const ParentInfo& p, uint32_t piece, uint64_t now) const {
 // them, whatever the piece size.
 int PeerTask::fetch_limit() const {
   uint32_t by_memory = std::max<uint32_t>(2, (256u << 20) / psize_);
-  return static_cast<int>(std::max<uint32_t>(2, std::min(e_.options().parallel_parents * kPerParent, by_memory)));
+  return static_cast<int>(
+      std::max<uint32_t>(2, std::min(e_.options().parallel_parents * kPerParent, by_memory)));
 }
 
 void PeerTask::schedule() {

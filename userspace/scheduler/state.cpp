@@ -47,6 +47,7 @@ constexpr size_t kBadReporters = 2;
 constexpr uint32_t kRecentResults = 64;
 // A downloading peer that asked within this long competes for origin pieces.
 constexpr int64_t kSourceRecentMs = 2000;
+constexpr int64_t kFloorMs = 200;
 
 struct Bits {
   std::vector<uint64_t> w;
@@ -107,6 +108,9 @@ struct Task {
     uint32_t handed = 0;
   };
   std::unordered_map<uint32_t, Source> sources;  // peer slot ->
+  int64_t floor_ms = 0;                          // when floor and recent_sources were worked out
+  uint32_t floor = 0;                            // fewest pieces handed to an idle recent source
+  uint32_t recent_sources = 0;
   // Peer ids, so that leaving and registering again does not clear them.
   std::unordered_map<std::string, std::vector<std::string>> excluded_by;    // reporter -> parents
   std::unordered_map<std::string, std::vector<std::string>> bad_reporters;  // parent -> reporters
@@ -661,18 +665,31 @@ int State::parents(const p2p::ParentsReq& req, int64_t now_ms, p2p::ParentsResp*
     if (live < conc) {
       // Alone, a peer keeps the origin busy; with others downloading too, a
       // free slot goes to a peer with no origin piece in flight that was
-      // handed no more pieces than any other such peer asking lately.
+      // handed no more pieces than the others asking lately. Who those are
+      // is worked out at most every kFloorMs per task, so a parents call
+      // stays cheap however many peers download the task.
+      if (now_ms - x.floor_ms >= kFloorMs || x.floor_ms == 0) {
+        x.floor_ms = now_ms;
+        x.floor = UINT32_MAX;
+        x.recent_sources = 0;
+        for (auto it = x.sources.begin(); it != x.sources.end();) {
+          if (now_ms - it->second.last_ms > kSourceRecentMs) {
+            it = x.sources.erase(it);
+            continue;
+          }
+          ++x.recent_sources;
+          bool busy = false;
+          for (const Assign& a : x.assigns) busy = busy || a.peer == it->first;
+          if (!busy && s.live(it->first, now_ms)) x.floor = std::min(x.floor, it->second.handed);
+          ++it;
+        }
+      }
       uint32_t in_flight = 0;
       for (const Assign& a : x.assigns) in_flight += a.peer == p;
-      bool others = false, poorer = false;
-      for (const auto& [q, src] : x.sources) {
-        if (q == p || now_ms - src.last_ms > kSourceRecentMs || !s.live(q, now_ms)) continue;
-        others = true;
-        bool busy = false;
-        for (const Assign& a : x.assigns) busy = busy || a.peer == q;
-        if (!busy && src.handed < me.handed) poorer = true;
-      }
-      uint32_t want = !others ? (out->parents.empty() ? conc - live : 1) : (in_flight == 0 && !poorer ? 1 : 0);
+      bool others = x.recent_sources > 1;
+      bool poorer = x.floor != UINT32_MAX && x.floor < me.handed;
+      uint32_t want =
+          !others ? (out->parents.empty() ? conc - live : 1) : (in_flight == 0 && !poorer ? 1 : 0);
       for (uint32_t i = x.first_unknown; i < x.pieces && want > 0; ++i) {
         if (x.known.test(i) || s.req_have.test(i)) continue;
         bool taken = false;
