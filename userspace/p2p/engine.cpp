@@ -118,6 +118,7 @@ int Engine::start(std::string* err) {
     for (auto& meta : tasks_->store().list())
       if (sched_->pick(meta.id) == sched) announce_stored(meta.id);
   };
+  sched_->free_slots = [this] { return upload_->free_slots(); };
   sched_->start();
   obs::log_info("p2p peer started")
       .str("peer", opts_.peer_id)

@@ -158,7 +158,11 @@ void PeerTask::tick() {
 }
 
 void PeerTask::maybe_announce() {
-  if (!announce_dirty_ || announce_id_ || have_.count() == 0 || uv_now(e_.loop()) < next_announce_ms_) return;
+  // One scheduler call at a time per task, so they arrive in the order
+  // they were sent: what we hold only ever grows at the scheduler.
+  if (!announce_dirty_ || announce_id_ || query_id_ || have_.count() == 0 ||
+      uv_now(e_.loop()) < next_announce_ms_)
+    return;
   AnnounceReq a;
   a.peer = e_.options().peer_id;
   a.task = id_;
@@ -200,6 +204,7 @@ void PeerTask::maybe_query() {
                                   [this](int status, const std::string& body, int sched) {
                                     query_id_ = 0;
                                     on_parents(status, body, sched);
+                                    if (state_ == State::Running) maybe_announce();
                                   });
 }
 

@@ -151,7 +151,7 @@ void SchedulerClient::heartbeat() {
     }
     HeartbeatReq hb;
     hb.peer = opts_.peer_id;
-    hb.free_slots = opts_.upload_slots;
+    hb.free_slots = free_slots ? free_slots() : opts_.upload_slots;
     s.heartbeat_inflight = true;
     send(i, "/v1/heartbeat", encode(hb), [this, i](CallResult& r, bool ok) {
       Sched& sc = scheds_[static_cast<size_t>(i)];

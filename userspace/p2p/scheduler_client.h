@@ -47,6 +47,9 @@ class SchedulerClient {
   // Runs when a scheduler has (re)registered us: it may have forgotten what
   // we hold, so the engine announces its stored tasks again.
   std::function<void(int sched)> on_registered;
+  // Upload slots free right now, for heartbeats (the scheduler ranks
+  // parents by it); unset: all of them.
+  std::function<uint32_t()> free_slots;
   // The first scheduler in task_id's order that is not marked down (-1: none).
   int pick(const std::string& task_id) const;
 

@@ -296,8 +296,9 @@ struct State::Impl {
     free_tasks.push_back(t);
   }
 
-  // Replaces peer p's holdings of task t (adding it to the holder list).
-  void set_holding(uint32_t t, uint32_t p, const Bits& have) {
+  // Replaces peer p's holdings of task t (adding it to the holder list);
+  // with merge, only adds to them.
+  void set_holding(uint32_t t, uint32_t p, const Bits& have, bool merge = false) {
     Task& x = tasks[t];
     auto it = x.pos.find(p);
     uint32_t at;
@@ -313,12 +314,13 @@ struct State::Impl {
     }
     uint64_t* mine = x.bits_of(at);
     for (size_t k = 0; k < x.words; ++k) {
-      uint64_t diff = have.w[k] ^ mine[k];
+      uint64_t want = merge ? (have.w[k] | mine[k]) : have.w[k];
+      uint64_t diff = want ^ mine[k];
       while (diff) {
         int b = __builtin_ctzll(diff);
         diff &= diff - 1;
         uint32_t i = static_cast<uint32_t>(k * 64 + static_cast<size_t>(b));
-        if ((have.w[k] >> b) & 1u) {
+        if ((want >> b) & 1u) {
           ++x.count[i];
         } else {
           --x.count[i];
@@ -326,7 +328,7 @@ struct State::Impl {
         }
       }
     }
-    std::copy(have.w.begin(), have.w.end(), mine);
+    for (size_t k = 0; k < x.words; ++k) mine[k] = merge ? (have.w[k] | mine[k]) : have.w[k];
   }
 
   // A piece nobody holds any more (its holders left, died or dropped it)
@@ -563,7 +565,10 @@ int State::parents(const p2p::ParentsReq& req, int64_t now_ms, p2p::ParentsResp*
   Task& x = s.tasks[t];
   s.req_have.from(req.have);
   s.req_known.from(req.hashes_known);
-  s.set_holding(t, p, s.req_have);
+  // Only adds: an announce is the peer's whole state, but a parents query
+  // may have left before the announce of a piece it just finished and
+  // arrive after it; it must not take that piece away again.
+  s.set_holding(t, p, s.req_have, true);
   s.sweep_assignments(x, now_ms);
 
   // Candidates: holders with a piece the requester lacks whose hash is known.
