@@ -22,6 +22,7 @@
 #include <memory>
 
 #include "shoal/p2p/protocol.h"
+#include "shoal/util/hex.h"
 
 namespace shoal::p2p {
 
@@ -38,44 +39,13 @@ constexpr size_t kMaxSecretFile = 64 * 1024;
 
 using Mac = std::array<uint8_t, 32>;
 
-constexpr char kHexDigits[] = "0123456789abcdef";
-
-struct HexTable {
-  int8_t value[256];
-};
-constexpr HexTable make_hex_table() {
-  HexTable t{};
-  for (int i = 0; i < 256; i++) t.value[i] = -1;
-  for (int i = 0; i < 10; i++) t.value['0' + i] = static_cast<int8_t>(i);
-  for (int i = 0; i < 6; i++) t.value['a' + i] = static_cast<int8_t>(10 + i);
-  return t;
-}
-constexpr HexTable kHex = make_hex_table();
-
-void hex_encode(const uint8_t* in, size_t n, char* out) {
-  for (size_t i = 0; i < n; i++) {
-    out[2 * i] = kHexDigits[in[i] >> 4];
-    out[2 * i + 1] = kHexDigits[in[i] & 0xf];
-  }
-}
-
-std::string hex(const uint8_t* in, size_t n) {
-  std::string s(2 * n, '\0');
-  hex_encode(in, n, s.data());
-  return s;
-}
+using util::hex;
+using util::hex_encode;
 
 // Exactly 2 * n lower-case hex digits into n bytes; the sender writes
 // lower-case, so anything else is malformed.
 bool hex_decode(std::string_view in, size_t n, uint8_t* out) {
-  if (in.size() != 2 * n) return false;
-  for (size_t i = 0; i < n; i++) {
-    const int hi = kHex.value[static_cast<uint8_t>(in[2 * i])];
-    const int lo = kHex.value[static_cast<uint8_t>(in[2 * i + 1])];
-    if ((hi | lo) < 0) return false;
-    out[i] = static_cast<uint8_t>(hi << 4 | lo);
-  }
-  return true;
+  return in.size() == 2 * n && util::hex_decode(in.data(), n, out);
 }
 
 // The always-on check for what cannot happen (the CSPRNG or HMAC-SHA256

@@ -14,6 +14,7 @@
 #include "shoal/obs/log.h"
 #include "shoal/obs/metrics.h"
 #include "shoal/task/task_id.h"
+#include "shoal/util/hex.h"
 
 namespace shoal::p2p {
 namespace {
@@ -61,15 +62,7 @@ P2pMetrics& pm() {
 
 EVP_MD_CTX* md(void* p) { return static_cast<EVP_MD_CTX*>(p); }
 
-std::string hex(const uint8_t* p, size_t n) {
-  static const char* k = "0123456789abcdef";
-  std::string s;
-  for (size_t i = 0; i < n; ++i) {
-    s += k[p[i] >> 4];
-    s += k[p[i] & 15];
-  }
-  return s;
-}
+using util::hex;
 
 }  // namespace
 

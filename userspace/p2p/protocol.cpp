@@ -23,6 +23,8 @@
 #include <string_view>
 #include <utility>
 
+#include "shoal/util/hex.h"
+
 namespace shoal::p2p {
 
 namespace {
@@ -33,39 +35,9 @@ constexpr size_t kMaxBody = 4u << 20;
 constexpr uint64_t kMaxJsonInt = (uint64_t{1} << 53) - 1;
 constexpr size_t kMaxPeerId = 128;
 
-constexpr char kHexDigits[] = "0123456789abcdef";
-
-// Lower-case hex only: the wire format is canonical, so an upper-case digit
-// is as wrong as a non-hex one.
-struct HexTable {
-  int8_t value[256];
-};
-constexpr HexTable make_hex_table() {
-  HexTable t{};
-  for (int i = 0; i < 256; i++) t.value[i] = -1;
-  for (int i = 0; i < 10; i++) t.value['0' + i] = static_cast<int8_t>(i);
-  for (int i = 0; i < 6; i++) t.value['a' + i] = static_cast<int8_t>(10 + i);
-  return t;
-}
-constexpr HexTable kHex = make_hex_table();
-
-void hex_encode(const uint8_t* in, size_t n, char* out) {
-  for (size_t i = 0; i < n; i++) {
-    out[2 * i] = kHexDigits[in[i] >> 4];
-    out[2 * i + 1] = kHexDigits[in[i] & 0xf];
-  }
-}
-
-// Decodes exactly 2 * n characters of lower-case hex into n bytes.
-bool hex_decode(const char* in, size_t n, uint8_t* out) {
-  for (size_t i = 0; i < n; i++) {
-    const int hi = kHex.value[static_cast<uint8_t>(in[2 * i])];
-    const int lo = kHex.value[static_cast<uint8_t>(in[2 * i + 1])];
-    if ((hi | lo) < 0) return false;
-    out[i] = static_cast<uint8_t>(hi << 4 | lo);
-  }
-  return true;
-}
+using util::hex_decode;
+using util::hex_encode;
+using util::kHexDigits;
 
 struct PeerIdTable {
   bool ok[256];
