@@ -55,8 +55,9 @@ PY=$(python3 -c 'import sys; print(sys.executable)')
 # --- the cluster and the origin ------------------------------------------------------
 
 nl_sweep_stale
-nl_init || skip "cannot build network namespaces here (see above)"
+# Registered first: an nl_init that fails halfway leaves its switch behind.
 on_exit nl_teardown
+nl_init || skip "cannot build network namespaces here (see above)"
 nl_add_host origin 1 "$RATE" || fail "origin host"
 nl_add_host sched 2 "$RATE" || fail "scheduler host"
 nl_add_host sched2 3 "$RATE" || fail "second scheduler host"
