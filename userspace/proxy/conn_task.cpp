@@ -54,7 +54,7 @@ TaskMetrics& tm() {
   return t;
 }
 
-constexpr size_t kTeeMax = 4 << 20;  // body bytes buffered before the origin is paused
+constexpr size_t kTeeMax = 4 << 20;         // body bytes buffered before the origin is paused
 constexpr size_t kServeChunk = 256 * 1024;  // a thread-pool read is a round trip: few, large ones
 
 std::string hex(const uint8_t* p, size_t n) {
