@@ -25,6 +25,7 @@
 #include "shoal/obs/metrics.h"
 #include "shoal/p2p/engine.h"
 #include "shoal/task/task_id.h"
+#include "shoal/util/hex.h"
 
 namespace shoal::proxy {
 namespace {
@@ -57,15 +58,7 @@ TaskMetrics& tm() {
 constexpr size_t kTeeMax = 4 << 20;         // body bytes buffered before the origin is paused
 constexpr size_t kServeChunk = 256 * 1024;  // a thread-pool read is a round trip: few, large ones
 
-std::string hex(const uint8_t* p, size_t n) {
-  static const char* k = "0123456789abcdef";
-  std::string s;
-  for (size_t i = 0; i < n; ++i) {
-    s += k[p[i] >> 4];
-    s += k[p[i] & 15];
-  }
-  return s;
-}
+using util::hex;
 
 EVP_MD_CTX* md(void* p) { return static_cast<EVP_MD_CTX*>(p); }
 
