@@ -79,6 +79,17 @@ void print_status(const cJSON* o) {
       printf("  connects  %.0f redirected, %.0f skipped, %.0f UDP blocked; %.0f job cgroups\n",
              num(t, "redirected"), num(t, "skipped"), num(t, "blocked"), num(t, "jobs"));
   }
+  if (const cJSON* p = cJSON_GetObjectItemCaseSensitive(o, "p2p")) {
+    printf("p2p          advertised as %s, %d downloads in progress, peer links %s\n", str(p, "advertise"),
+           static_cast<int>(num(p, "downloads")),
+           cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(p, "tls")) ? "TLS" : "plain (signed)");
+    const cJSON* sch = nullptr;
+    cJSON_ArrayForEach(sch, cJSON_GetObjectItemCaseSensitive(p, "schedulers")) printf(
+        "  scheduler %s %s\n", str(sch, "address"),
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sch, "reachable")) ? "reachable" : "UNREACHABLE");
+  } else {
+    printf("p2p          off (no p2p.schedulers)\n");
+  }
   printf("connections  %d active\n", static_cast<int>(num(o, "connections_active")));
   const cJSON* cs = cJSON_GetObjectItemCaseSensitive(o, "counters");
   const cJSON* c = nullptr;

@@ -79,6 +79,7 @@ start_peer() {
   printf -v "${name}_PID" %s "$SHOALD_PID"
   printf -v "${name}_METRICS" %s "$SHOALD_METRICS_PORT"
   printf -v "${name}_PEER" %s "$peer"
+  printf -v "${name}_ADMIN" %s "$SHOALD_ADMIN_SOCKET"
 }
 
 blob=$SHOAL_TEST_HELLO_BIG_LAYER_DIGEST
@@ -212,6 +213,14 @@ answer=$(head -n 1 "$TEST_TMP/s_client.out" | cut -d' ' -f1,2)
 [ -n "$answer" ] || cat "$TEST_TMP/s_client.err" >&2
 assert_eq "$answer" "HTTP/1.1 403" "TLS (DHE-PSK) request to peer D"
 
+info "shoalctl status shows the peer address and the scheduler's reachability"
+st=$("$BUILD/shoalctl" --socket "$A_ADMIN" --json status) || fail "shoalctl status on peer A failed"
+assert_eq "$(jq -r '.p2p.schedulers[0].address' <<<"$st")" "127.0.0.1:$sched_port" "status: scheduler address"
+assert_eq "$(jq -r '.p2p.schedulers[0].reachable' <<<"$st")" true "status: scheduler reachable"
+assert_eq "$(jq -r '.listeners[] | select(.kind == "peer") | .address' <<<"$st")" "127.0.0.1:$A_PEER" "status: peer listener"
+"$BUILD/shoalctl" --socket "$A_ADMIN" status | grep -q "scheduler 127.0.0.1:$sched_port reachable" ||
+  fail "shoalctl status (table) does not show the scheduler as reachable"
+
 info "scheduler stopped: peer C still pulls (from the origin)"
 stop_pid "$sched_pid"
 start_peer C
@@ -221,5 +230,7 @@ assert_same_file "$TEST_TMP/c.body" "$TEST_TMP/a.body" "peer C vs peer A"
 wait_done "$C_LOG"
 assert_eq "$(jq -r .bytes_origin <<<"$(done_line "$C_LOG")")" "$size" "peer C bytes_origin"
 grep -q 'no scheduler reachable' "$C_LOG" || fail "peer C did not warn that no scheduler is reachable"
+assert_eq "$("$BUILD/shoalctl" --socket "$C_ADMIN" --json status | jq -r '.p2p.schedulers[0].reachable')" false \
+  "status on peer C: scheduler reachable"
 for p in "$A_PID" "$B_PID" "$C_PID" "$D_PID" "$E_PID"; do kill -0 "$p" 2>/dev/null || fail "a shoald died"; done
 info "ok"

@@ -677,6 +677,21 @@ std::string Daemon::status_json() {
   }
   add_l("metrics", endpoint_str(cfg_->metrics_listen));
   add_l("admin", cfg_->admin_socket);
+  if (p2p_) {
+    p2p::Engine::Status ps = p2p_->status();
+    add_l("peer", ps.listen);
+    cJSON* p = cJSON_AddObjectToObject(o, "p2p");
+    cJSON_AddStringToObject(p, "advertise", ps.advertise.c_str());
+    cJSON_AddBoolToObject(p, "tls", ps.tls);
+    cJSON_AddNumberToObject(p, "downloads", static_cast<double>(ps.downloads));
+    cJSON* ss = cJSON_AddArrayToObject(p, "schedulers");
+    for (auto& sch : ps.schedulers) {
+      cJSON* e = cJSON_CreateObject();
+      cJSON_AddStringToObject(e, "address", sch.first.c_str());
+      cJSON_AddBoolToObject(e, "reachable", sch.second);
+      cJSON_AddItemToArray(ss, e);
+    }
+  }
   cJSON_AddNumberToObject(o, "connections_active", static_cast<double>(shared_.active()));
   cJSON* counters = cJSON_AddObjectToObject(o, "counters");
   for (const auto& kv : obs::metrics().snapshot())

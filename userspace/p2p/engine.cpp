@@ -151,12 +151,14 @@ void Engine::download(std::shared_ptr<task::ActiveTask> t, const std::string& ur
   }
   auto* pt = new PeerTask(*this, t, url, length, std::move(headers), std::move(req));
   downloads_[t->id()] = pt;
+  downloads_count_ = downloads_.size();
   pt->start();  // on failure it has called task_finished() already
 }
 
 void Engine::task_finished(PeerTask* pt) {
   auto it = downloads_.find(pt->id());
   if (it != downloads_.end() && it->second == pt) downloads_.erase(it);
+  downloads_count_ = downloads_.size();
 }
 
 void Engine::announce_stored(const std::string& id) {
@@ -177,6 +179,19 @@ void Engine::announce_stored(const std::string& id) {
   }
   a.complete = true;
   sched_->call(id, "/v1/announce", encode(a), [](int, const std::string&, int) {});
+}
+
+Engine::Status Engine::status() const {
+  Status st;
+  st.listen =
+      (opts_.listen_addr.find(':') != std::string::npos ? "[" + opts_.listen_addr + "]" : opts_.listen_addr) +
+      ":" + std::to_string(opts_.listen_port);
+  st.advertise = opts_.advertise;
+  st.tls = opts_.tls;
+  st.downloads = downloads_count_.load();
+  for (size_t i = 0; i < opts_.schedulers.size(); ++i)
+    st.schedulers.emplace_back(opts_.schedulers[i], sched_->reachable(i));
+  return st;
 }
 
 }  // namespace shoal::p2p

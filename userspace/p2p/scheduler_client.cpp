@@ -23,6 +23,8 @@ obs::Counter& sched_errors() {
 SchedulerClient::SchedulerClient(uv_loop_t* loop, const EngineOptions& opts, Signer& signer)
     : loop_(loop), opts_(opts), signer_(signer) {
   for (auto& a : opts.schedulers) scheds_.push_back(Sched{a});
+  up_.reset(new std::atomic<bool>[scheds_.size()]);
+  for (size_t i = 0; i < scheds_.size(); ++i) up_[i] = false;
   uv_timer_init(loop_, &hb_timer_);
   uv_timer_init(loop_, &kick_timer_);
   hb_timer_.data = this;
@@ -101,6 +103,7 @@ void SchedulerClient::mark_down(int i, const std::string& why) {
   sched_errors().inc();
   s.down_until = uv_now(loop_) + kDownMs;
   s.registered = false;
+  up_[static_cast<size_t>(i)] = false;
   if (!s.logged_down) {
     obs::log_warn("scheduler unreachable").str("scheduler", s.addr).str("error", why);
     s.logged_down = true;
@@ -129,6 +132,7 @@ void SchedulerClient::register_with(int i) {
     }
     sc.registered = true;
     sc.down_until = 0;
+    up_[static_cast<size_t>(i)] = true;
     if (sc.logged_down) obs::log_info("scheduler reachable again").str("scheduler", sc.addr);
     sc.logged_down = false;
     if (resp.heartbeat_ms >= 100 && resp.heartbeat_ms != heartbeat_ms_) {

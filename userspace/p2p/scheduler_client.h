@@ -10,10 +10,12 @@
 
 #include <uv.h>
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -52,6 +54,8 @@ class SchedulerClient {
   std::function<uint32_t()> free_slots;
   // The first scheduler in task_id's order that is not marked down (-1: none).
   int pick(const std::string& task_id) const;
+  // Any thread: scheduler i answered our last registration or heartbeat.
+  bool reachable(size_t i) const { return i < scheds_.size() && up_[i].load(std::memory_order_relaxed); }
 
  private:
   struct Sched {
@@ -81,6 +85,7 @@ class SchedulerClient {
   const EngineOptions& opts_;
   Signer& signer_;
   std::vector<Sched> scheds_;
+  std::unique_ptr<std::atomic<bool>[]> up_;  // per scheduler, for status on other threads
   std::map<uint64_t, Pending> pending_;
   std::set<HttpCall*> internal_;  // register/heartbeat/leave calls in flight
   uint64_t next_id_ = 1;

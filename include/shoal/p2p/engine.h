@@ -25,6 +25,7 @@
 
 #include <uv.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -131,6 +132,15 @@ class Engine {
   void task_finished(PeerTask* pt);  // PeerTask is done: the engine frees it
   size_t downloads() const { return downloads_.size(); }
 
+  // What `shoalctl status` shows; any thread.
+  struct Status {
+    std::string listen, advertise;
+    bool tls = false;
+    size_t downloads = 0;
+    std::vector<std::pair<std::string, bool>> schedulers;  // address, reachable
+  };
+  Status status() const;
+
  private:
   class Source;
   uv_loop_t* loop_;
@@ -146,6 +156,7 @@ class Engine {
   std::unique_ptr<UploadServer> upload_;
   std::map<std::string, PeerTask*> downloads_;  // each frees itself after finish()
   bool stopping_ = false;
+  std::atomic<size_t> downloads_count_{0};
 };
 
 }  // namespace shoal::p2p
