@@ -8,7 +8,8 @@
 namespace shoal::p2p {
 namespace {
 
-constexpr uint64_t kCallTimeoutMs = 3000;
+// A leave at stop: a scheduler that does not answer soon must not hold the stop.
+constexpr uint64_t kLeaveTimeoutMs = 1000;
 constexpr uint64_t kDownMs = 3000;
 constexpr size_t kMaxAnswer = 8u << 20;
 
@@ -44,20 +45,27 @@ void SchedulerClient::stop(std::function<void()> done) {
   pending_.clear();
   for (auto* h : internal_) h->cancel();
   internal_.clear();
-  // Tell the schedulers we are going, without waiting for their answers:
-  // they also forget us once the heartbeats stop.
+  stopped_ = std::move(done);
+  closes_ = 2;  // the two timers, and one per leave below
+  // Tell the schedulers we are going (they also forget us once the
+  // heartbeats stop). Stopping waits for these short calls, whatever their
+  // answer: the loop must not stop with a call still owning a socket.
   LeaveReq lv;
   lv.peer = opts_.peer_id;
-  for (size_t i = 0; i < scheds_.size(); ++i)
-    if (scheds_[i].registered) send(static_cast<int>(i), "/v1/leave", encode(lv), nullptr);
-  stopped_ = std::move(done);
-  closes_ = 2;
-  auto on_close = [](uv_handle_t* h) {
-    auto* s = static_cast<SchedulerClient*>(h->data);
-    if (--s->closes_ == 0 && s->stopped_) s->stopped_();
-  };
+  for (size_t i = 0; i < scheds_.size(); ++i) {
+    if (!scheds_[i].registered) continue;
+    ++closes_;
+    send(
+        static_cast<int>(i), "/v1/leave", encode(lv), [this](CallResult&, bool) { one_closed(); },
+        kLeaveTimeoutMs);
+  }
+  auto on_close = [](uv_handle_t* h) { static_cast<SchedulerClient*>(h->data)->one_closed(); };
   uv_close(reinterpret_cast<uv_handle_t*>(&hb_timer_), on_close);
   uv_close(reinterpret_cast<uv_handle_t*>(&kick_timer_), on_close);
+}
+
+void SchedulerClient::one_closed() {
+  if (--closes_ == 0 && stopped_) stopped_();
 }
 
 int SchedulerClient::pick(const std::string& task_id) const {
@@ -68,7 +76,7 @@ int SchedulerClient::pick(const std::string& task_id) const {
 }
 
 HttpCall* SchedulerClient::send(int i, const std::string& path, const std::string& body,
-                                std::function<void(CallResult&, bool)> done) {
+                                std::function<void(CallResult&, bool)> done, uint64_t timeout_ms) {
   std::string nonce;
   auto hs = signer_.sign("POST", path, body, static_cast<int64_t>(time(nullptr)), &nonce);
   hs.push_back({"Host", scheds_[static_cast<size_t>(i)].addr});
@@ -77,17 +85,12 @@ HttpCall* SchedulerClient::send(int i, const std::string& path, const std::strin
   hs.push_back({"Connection", "close"});
   std::string req = http::serialize_request_head("POST", path, hs) + body;
   const std::string& addr = scheds_[static_cast<size_t>(i)].addr;
-  if (!done) {
-    // Fire and forget (a leave while stopping): the callback must not touch
-    // this client, which may be gone by then.
-    return HttpCall::start(loop_, addr, std::move(req), kMaxAnswer, kCallTimeoutMs, opts_.mark, nullptr);
-  }
   // Every call with a callback is tracked, so stop() can cancel it before
   // this client goes away.
   auto slot = std::make_shared<HttpCall*>(nullptr);
   Signer* signer = &signer_;
   HttpCall* h =
-      HttpCall::start(loop_, addr, std::move(req), kMaxAnswer, kCallTimeoutMs, opts_.mark,
+      HttpCall::start(loop_, addr, std::move(req), kMaxAnswer, timeout_ms, opts_.mark,
                       [this, slot, done, nonce, signer](CallResult& r) {
                         internal_.erase(*slot);
                         bool ok = r.error == 0 && signer->check_response(nonce, r.status, r.headers, r.body);

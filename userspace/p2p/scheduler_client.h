@@ -78,8 +78,11 @@ class SchedulerClient {
   void mark_down(int i, const std::string& why);
   void register_with(int i);
   void heartbeat();
+  // A scheduler call that has not completed within this is failed.
+  static constexpr uint64_t kCallTimeoutMs = 3000;
   HttpCall* send(int i, const std::string& path, const std::string& body,
-                 std::function<void(CallResult&, bool signed_ok)> done);
+                 std::function<void(CallResult&, bool signed_ok)> done, uint64_t timeout_ms = kCallTimeoutMs);
+  void one_closed();  // a timer closed or a leave ended while stopping
 
   uv_loop_t* loop_;
   const EngineOptions& opts_;
