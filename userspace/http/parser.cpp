@@ -50,6 +50,8 @@ namespace {
 
 enum class Phase { Head, Body, Upgraded };
 
+constexpr std::string_view kTransferEncoding = "Transfer-Encoding";
+
 bool is_ows(char c) { return c == ' ' || c == '\t'; }
 
 std::string_view trim_ows(std::string_view s) {
@@ -483,6 +485,13 @@ struct Parser::Impl {
     if (h.version_major != 1) return m.fail(Error::BadMessage, "unsupported HTTP version");
     for (Header& hd : h.headers) {
       if (!is_token(hd.name)) return m.fail(Error::BadMessage, "invalid header name");
+      // libhttp-parser takes any name that starts with Transfer-Encoding
+      // ("Transfer-Encoding-X") for Transfer-Encoding and frames the body
+      // by it (a request then fails only after on_head), while the list
+      // above would say there is none: refuse rather than disagree.
+      if (hd.name.size() > kTransferEncoding.size() &&
+          iequals(std::string_view(hd.name).substr(0, kTransferEncoding.size()), kTransferEncoding))
+        return m.fail(Error::BadMessage, "header name that extends Transfer-Encoding");
       std::string_view t = trim_ows(hd.value);
       if (t.size() != hd.value.size()) hd.value.assign(t.data(), t.size());
     }
@@ -507,6 +516,10 @@ struct Parser::Impl {
       m.tunnel_after = p->method == HTTP_CONNECT;
     } else {
       int st = static_cast<int>(p->status_code);
+      // libhttp-parser takes 1 to 3 digits; anything outside 100..599
+      // (RFC 9110 section 15) would pass below for an interim 1xx
+      // answer and be written back as a status line no client reads.
+      if (st < 100 || st > 599) return m.fail(Error::BadMessage, "status code outside 100-599");
       h.status = st;
       // 1xx, 204 and 304 never carry a body (RFC 9112 section 6.3), but
       // libhttp-parser would read one if Content-Length says so.

@@ -108,7 +108,11 @@ PeekStatus parse_server_name(Reader ext, ClientHelloInfo* out) {
     // RFC 6066 forbids the final dot, but some clients send "host.": it
     // names the same host, and certificates and cache keys never carry it.
     if (out->sni.back() == '.') out->sni.pop_back();
-    if (out->sni.empty()) return PeekStatus::Malformed;
+    // No empty label anywhere else ("host..", ".host", "a..b"): one host
+    // must give one cache key and one certificate name.
+    if (out->sni.empty() || out->sni.front() == '.' || out->sni.back() == '.' ||
+        out->sni.find("..") != std::string::npos)
+      return PeekStatus::Malformed;
   }
   return PeekStatus::Ok;
 }

@@ -142,6 +142,24 @@ bool parse_absolute_url(std::string_view target, Url* out);
 // userinfo, missing port, or port 0 / > 65535.
 bool parse_authority(std::string_view authority, std::string* host, uint16_t* port, bool* ipv6_literal);
 
+// One range of bytes from a Range header (RFC 9110 section 14.1.2).
+struct ByteRange {
+  int64_t first = -1;   // "first-" or "first-last"; -1 for a suffix range
+  int64_t last = -1;    // inclusive; -1 when open-ended (and for a suffix range)
+  int64_t suffix = -1;  // "-suffix": the last suffix bytes; -1 otherwise
+};
+// Parses a Range value holding exactly one byte range: "bytes=first-last",
+// "bytes=first-" or "bytes=-suffix" (unit in any case, whitespace around the
+// value). false (and *out reset) for several ranges, another unit, signs or
+// spaces inside, a number of more than 18 digits, or last < first: such
+// requests go to the origin as they are. Pure; any thread.
+bool parse_range(std::string_view value, ByteRange* out);
+// Applies a parsed range to an object of len bytes: true with the inclusive
+// [*first, *last] to send in a 206 (last clamped to the end, a suffix longer
+// than the object meaning all of it); false when it is unsatisfiable (416):
+// an empty object, first at or past the end, or a zero-length suffix.
+bool resolve_range(const ByteRange& r, uint64_t len, uint64_t* first, uint64_t* last);
+
 // Writes a request/response head as HTTP/1.1, ending with the blank line.
 // Header lines are emitted exactly as given (the caller keeps CR/LF out).
 std::string serialize_request_head(std::string_view method, std::string_view target,

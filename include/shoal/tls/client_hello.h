@@ -37,7 +37,8 @@ struct ClientHelloInfo {
 // NotTls as soon as byte 0 is not 22 or the record version is not 3.0-3.4
 // (e.g. plain HTTP, SSLv2); Malformed for bad lengths, a record over 2^14,
 // a non-ClientHello first message, duplicate extensions, an SNI host_name
-// with characters outside [A-Za-z0-9._-], or a ClientHello that would not
+// with characters outside [A-Za-z0-9._-] or an empty label (one final dot
+// is allowed and dropped), or a ClientHello that would not
 // be complete within kMaxClientHelloBytes. Pure; any thread.
 PeekStatus peek_client_hello(const uint8_t* data, size_t len, ClientHelloInfo* out);
 

@@ -636,6 +636,71 @@ void test_unsupported_te(void**) {
   expect_error("POST / HTTP/1.1\r\nTransfer-Encoding: , chunked\r\n\r\n0\r\n\r\n", Error::BadMessage);
 }
 
+// Found by fuzz_http_request: libhttp-parser takes a header whose name
+// only starts with Transfer-Encoding for Transfer-Encoding, so such a
+// request reached on_head as bodiless and failed after it (501). Refused
+// before on_head now, requests and responses alike; the real name still
+// passes.
+void test_te_name_prefix(void**) {
+  const char* cases[] = {
+      "GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding-X: chunked\r\n\r\n",
+      "GET / HTTP/1.1\r\nTransfer-EncodingUpgrade: websocket\r\n\r\n5\r\n\r\n",
+      "POST / HTTP/1.1\r\ntransfer-encodings: gzip\r\n\r\n",
+  };
+  for (const char* c : cases) {
+    expect_error(c, Error::BadMessage);
+    assert_int_equal(drive_whole(c).log.find("HEAD"), std::string::npos);
+  }
+  expect_error("HTTP/1.1 200 OK\r\nTransfer-Encoding-X: y\r\n\r\nabc", Error::BadMessage,
+               Parser::Kind::Response);
+  // With Content-Length libhttp-parser objects first (before on_head).
+  expect_error("POST / HTTP/1.1\r\nTransfer-Encoding-X: y\r\nContent-Length: 2\r\n\r\nab",
+               Error::AmbiguousLength);
+  assert_int_equal(static_cast<int>(error_of("GET / HTTP/1.1\r\nX-Transfer-Encoding: y\r\n\r\n")),
+                   static_cast<int>(Error::None));
+}
+
+// libhttp-parser reads 1 to 3 status digits with no range: "000" and "20"
+// passed, and a status under 200 went through as an interim 1xx answer
+// that the proxy would write back as "HTTP/1.1 0 X". Only 100..599 pass.
+void test_status_range(void**) {
+  for (const char* c : {"HTTP/1.1 000 X\r\n\r\n", "HTTP/1.1 099 X\r\n\r\n", "HTTP/1.1 20 X\r\n\r\n",
+                        "HTTP/1.1 600 X\r\nContent-Length: 0\r\n\r\n", "HTTP/1.1 999 X\r\n\r\n"})
+    expect_error(c, Error::BadMessage, Parser::Kind::Response);
+  for (const char* c : {"HTTP/1.1 100 Continue\r\n\r\n", "HTTP/1.1 599 X\r\nContent-Length: 0\r\n\r\n"})
+    assert_int_equal(static_cast<int>(error_of(c, Parser::Kind::Response)), static_cast<int>(Error::None));
+}
+
+void test_range(void**) {
+  using shoal::http::ByteRange;
+  ByteRange r;
+  uint64_t first = 0, last = 0;
+  assert_true(shoal::http::parse_range("bytes=0-499", &r));
+  assert_true(r.first == 0 && r.last == 499 && r.suffix == -1);
+  assert_true(shoal::http::resolve_range(r, 1000, &first, &last));
+  assert_true(first == 0 && last == 499);
+  assert_true(shoal::http::resolve_range(r, 100, &first, &last));  // clamped to the end
+  assert_true(first == 0 && last == 99);
+  assert_true(shoal::http::parse_range(" Bytes=500- ", &r));
+  assert_true(r.first == 500 && r.last == -1);
+  assert_false(shoal::http::resolve_range(r, 500, &first, &last));  // starts at the end: 416
+  assert_true(shoal::http::parse_range("bytes=-100", &r));
+  assert_true(shoal::http::resolve_range(r, 1000, &first, &last));
+  assert_true(first == 900 && last == 999);
+  assert_true(shoal::http::resolve_range(r, 10, &first, &last));  // longer than the object: all of it
+  assert_true(first == 0 && last == 9);
+  assert_true(shoal::http::parse_range("bytes=-0", &r));
+  assert_false(shoal::http::resolve_range(r, 10, &first, &last));
+  assert_true(shoal::http::parse_range("bytes=0-", &r));
+  assert_false(shoal::http::resolve_range(r, 0, &first, &last));  // an empty object has no bytes
+  for (const char* bad : {"bytes=0-1,5-9", "items=0-1", "bytes=9-5", "bytes=", "bytes=-", "bytes=a-1",
+                          "bytes=+1-2", "bytes=1 -2", "bytes=1234567890123456789-", "bytes 0-1"}) {
+    r.first = 7;
+    assert_false(shoal::http::parse_range(bad, &r));
+    assert_true(r.first == -1 && r.last == -1 && r.suffix == -1);
+  }
+}
+
 void test_callback_error(void**) {
   Recorder rec;
   rec.fail_on_head = 1;
@@ -904,6 +969,9 @@ int main(void) {
       cmocka_unit_test(test_bad_chunk),
       cmocka_unit_test(test_non_strict_holes),
       cmocka_unit_test(test_unsupported_te),
+      cmocka_unit_test(test_te_name_prefix),
+      cmocka_unit_test(test_status_range),
+      cmocka_unit_test(test_range),
       cmocka_unit_test(test_callback_error),
       cmocka_unit_test(test_parse_absolute_url),
       cmocka_unit_test(test_parse_authority),

@@ -189,6 +189,11 @@ void test_alpn_list(void**) {
                    static_cast<int>(PeekStatus::Ok));
   assert_string_equal(info.sni.c_str(), "host.example");
   assert_peek(records(hello_msg({sni_ext(".")})), Malformed);
+  // Found by fuzz_client_hello: "host.." came out as "host." (a final dot
+  // the header promises never to return, and a second cache key and
+  // certificate name for the same host). No empty label passes.
+  for (const char* bad : {"host..", "Host.Example..", ".host", "a..b", ".."})
+    assert_peek(records(hello_msg({sni_ext(bad)})), Malformed);
 }
 
 void test_supported_versions(void**) {
