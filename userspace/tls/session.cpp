@@ -39,12 +39,25 @@
 // into the premaster secret with the DHE result). Its key block is the same
 // as any AES-128-GCM suite's (no MAC keys, 4-byte implicit IVs), so fast
 // records take over exactly as above.
+//
+// Session tickets. With TicketKeys enabled on a ServerConfig, a full
+// handshake ends with a NewSessionTicket (the master secret and suite sealed
+// by mbedTLS's ticket context, then Shoal's 16-byte HMAC-SHA256 tag over the
+// leaf name and the sealed bytes), and a ClientHello carrying a ticket whose
+// tag matches this session's leaf resumes: ServerHello, CCS and Finished
+// from the server first, then the client's CCS and Finished. Fast records
+// need nothing special there: mbedTLS derives the key block (and calls the
+// export callback) on both paths, and the counters read at the end are the
+// ones it actually used. A ticket that fails the tag, the seal or the age
+// check is ignored by mbedTLS and the handshake goes on in full.
 #include "shoal/tls/session.h"
 
 #include <mbedtls/dhm.h>
 #include <mbedtls/error.h>
+#include <mbedtls/md.h>
 #include <mbedtls/platform_util.h>
 #include <mbedtls/ssl_ciphersuites.h>
+#include <mbedtls/ssl_internal.h>  // ssl->handshake->resume: 2.28 has no getter
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -52,6 +65,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 
 #include "shoal/obs/log.h"
 
@@ -103,6 +118,9 @@ const mbedtls_ecp_group_id kCurves[] = {
 // order decides, so a client offering both gets http/1.1.
 const char* kAlpn[] = {"http/1.1", nullptr};
 const char* kServerAlpn[] = {"http/1.1", "http/1.0", nullptr};
+
+// Bytes of Shoal's tag after mbedTLS's sealed ticket (HMAC-SHA256, truncated).
+constexpr size_t kTicketTag = 16;
 
 // Compact the inbound buffer once this much has been consumed and it is at
 // least half of what is buffered: amortized O(1) per byte.
@@ -253,6 +271,89 @@ bool TrustStore::add_system(std::string* err) {
   return add("/etc/ssl/certs", err);
 }
 
+// ---------------------------------------------------------- TicketKeys
+
+TicketKeys::TicketKeys() { mbedtls_ssl_ticket_init(&ctx_); }
+
+TicketKeys::~TicketKeys() {
+  mbedtls_ssl_ticket_free(&ctx_);
+  mbedtls_platform_zeroize(bind_key_, sizeof bind_key_);
+}
+
+std::shared_ptr<TicketKeys> TicketKeys::create(uint32_t lifetime_s, std::string* err) {
+  if (lifetime_s == 0 || lifetime_s > kMaxTicketLifetime) {
+    *err = "session ticket lifetime of " + std::to_string(lifetime_s) + " s (1 to " +
+           std::to_string(kMaxTicketLifetime) + " allowed)";
+    return nullptr;
+  }
+  std::shared_ptr<TicketKeys> k(new TicketKeys());
+  k->lifetime_ = lifetime_s;
+  int ret = Rng::random(&k->rng_, k->bind_key_, sizeof k->bind_key_);
+  if (ret == 0)
+    ret = mbedtls_ssl_ticket_setup(&k->ctx_, Rng::random, &k->rng_, MBEDTLS_CIPHER_AES_256_GCM, lifetime_s);
+  if (ret != 0) {
+    *err = "session tickets: " + mbed_error(ret);
+    return nullptr;
+  }
+  return k;
+}
+
+std::shared_ptr<TicketKeys> TicketKeys::shared(uint32_t lifetime_s, std::string* err) {
+  static std::mutex mu;
+  static std::map<uint32_t, std::weak_ptr<TicketKeys>> live;
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto k = live[lifetime_s].lock()) return k;
+  auto k = create(lifetime_s, err);
+  if (k != nullptr) live[lifetime_s] = k;
+  return k;
+}
+
+bool TicketKeys::tag(const std::string& name, const unsigned char* ticket, size_t len,
+                     unsigned char* out) const {
+  unsigned char mac[32];
+  mbedtls_md_context_t md;
+  mbedtls_md_init(&md);
+  // The name's terminating NUL goes in too, so name and ticket cannot shift
+  // into each other.
+  bool ok = mbedtls_md_setup(&md, mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), 1) == 0 &&
+            mbedtls_md_hmac_starts(&md, bind_key_, sizeof bind_key_) == 0 &&
+            mbedtls_md_hmac_update(&md, reinterpret_cast<const unsigned char*>(name.c_str()),
+                                   name.size() + 1) == 0 &&
+            mbedtls_md_hmac_update(&md, ticket, len) == 0 && mbedtls_md_hmac_finish(&md, mac) == 0;
+  mbedtls_md_free(&md);
+  if (ok) std::memcpy(out, mac, kTicketTag);
+  mbedtls_platform_zeroize(mac, sizeof mac);
+  return ok;
+}
+
+int TicketKeys::write_ticket(void* p_ticket, const mbedtls_ssl_session* session, unsigned char* start,
+                             const unsigned char* end, size_t* tlen, uint32_t* lifetime) {
+  auto* k = static_cast<TicketKeys*>(p_ticket);
+  const Session* s = t_handshaking;
+  // mbedTLS sends an empty ticket when this fails; the handshake goes on.
+  if (s == nullptr || s->leaf_ == nullptr) return MBEDTLS_ERR_SSL_INTERNAL_ERROR;
+  if (end < start || static_cast<size_t>(end - start) < kTicketTag) return MBEDTLS_ERR_SSL_BUFFER_TOO_SMALL;
+  int ret = mbedtls_ssl_ticket_write(&k->ctx_, session, start, end - kTicketTag, tlen, lifetime);
+  if (ret != 0) return ret;
+  if (!k->tag(s->leaf_->name, start, *tlen, start + *tlen)) return MBEDTLS_ERR_SSL_INTERNAL_ERROR;
+  *tlen += kTicketTag;
+  return 0;
+}
+
+int TicketKeys::parse_ticket(void* p_ticket, mbedtls_ssl_session* session, unsigned char* buf, size_t len) {
+  auto* k = static_cast<TicketKeys*>(p_ticket);
+  const Session* s = t_handshaking;
+  if (s == nullptr || s->leaf_ == nullptr) return MBEDTLS_ERR_SSL_INTERNAL_ERROR;
+  if (len <= kTicketTag) return MBEDTLS_ERR_SSL_INVALID_MAC;
+  const size_t body = len - kTicketTag;
+  unsigned char want[kTicketTag];
+  if (!k->tag(s->leaf_->name, buf, body, want)) return MBEDTLS_ERR_SSL_INTERNAL_ERROR;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < kTicketTag; i++) diff = static_cast<unsigned char>(diff | (want[i] ^ buf[body + i]));
+  if (diff != 0) return MBEDTLS_ERR_SSL_INVALID_MAC;  // another leaf's ticket, or not ours
+  return mbedtls_ssl_ticket_parse(&k->ctx_, session, buf, body);
+}
+
 // -------------------------------------------------------- ServerConfig
 
 ServerConfig::ServerConfig(Rng* rng, bool fast_records) : fast_records_(fast_records) {
@@ -288,6 +389,13 @@ std::unique_ptr<ServerConfig> ServerConfig::psk(Rng* rng, const std::string& key
 }
 
 ServerConfig::~ServerConfig() { mbedtls_ssl_config_free(&conf_); }
+
+void ServerConfig::enable_session_tickets(std::shared_ptr<TicketKeys> keys) {
+  if (psk_ || keys == nullptr) return;
+  tickets_ = std::move(keys);
+  mbedtls_ssl_conf_session_tickets_cb(&conf_, TicketKeys::write_ticket, TicketKeys::parse_ticket,
+                                      tickets_.get());
+}
 
 void ServerConfig::set_ciphersuite_for_test(int id) {
   only_suite_[0] = id;
@@ -463,6 +571,9 @@ Status Session::handshake() {
     // that WantRead means every fed byte was consumed.
     if (ret == MBEDTLS_ERR_SSL_WANT_WRITE) continue;
     if (ret == MBEDTLS_ERR_SSL_WANT_READ) {
+      // A resumed handshake always waits here for the peer's CCS and
+      // Finished; the flag is gone (with ssl_.handshake) once it completes.
+      if (ssl_.handshake != nullptr && ssl_.handshake->resume != 0) resumed_ = true;
       if (flaky_ && pending_input() > 0) continue;
       return Status::WantRead;
     }

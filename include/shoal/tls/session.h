@@ -11,6 +11,7 @@
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/entropy.h>
 #include <mbedtls/ssl.h>
+#include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509_crt.h>
 
 #include <cstddef>
@@ -65,6 +66,51 @@ class TrustStore {
   size_t count_ = 0;
 };
 
+// Session-ticket keys (RFC 5077) for hijacked connections, so a client that
+// reconnects resumes with an abbreviated handshake (no certificate, no key
+// exchange, no signature) instead of a full one. One set per process, shared
+// by every event loop: SO_REUSEPORT hands a reconnecting client to any
+// worker. mbedTLS's ticket context seals each ticket with AES-256-GCM under a
+// random key that it replaces every lifetime seconds, keeping the previous
+// one, and refuses tickets older than lifetime. Shoal adds a tag binding
+// each ticket to the name of the leaf the full handshake presented, so a
+// ticket earned with one host's certificate never resumes a connection to
+// another (RFC 6066 §3: a server should not resume across names).
+// Thread-safe: mbedTLS locks its context, and the generator is used only
+// under that lock.
+class TicketKeys {
+ public:
+  // lifetime_s: 1 to kMaxTicketLifetime seconds. nullptr with *err when it
+  // is out of range or mbedTLS cannot set up the context.
+  static std::shared_ptr<TicketKeys> create(uint32_t lifetime_s, std::string* err);
+  // The process's keys for lifetime_s: the same object as long as anyone
+  // holds it, so a configuration reload that keeps the setting keeps the
+  // keys (tickets issued before the reload still resume). Same errors as
+  // create(). Any thread.
+  static std::shared_ptr<TicketKeys> shared(uint32_t lifetime_s, std::string* err);
+  ~TicketKeys();
+  TicketKeys(const TicketKeys&) = delete;
+  TicketKeys& operator=(const TicketKeys&) = delete;
+  uint32_t lifetime() const { return lifetime_; }
+  // Seven days: RFC 5077's ceiling for the lifetime hint.
+  static constexpr uint32_t kMaxTicketLifetime = 7 * 24 * 3600;
+
+  // mbedTLS's ticket callbacks (p_ticket is the TicketKeys*); they read the
+  // leaf name of the Session being handshaken on this thread. Not for other
+  // callers.
+  static int write_ticket(void* p_ticket, const mbedtls_ssl_session* session, unsigned char* start,
+                          const unsigned char* end, size_t* tlen, uint32_t* lifetime);
+  static int parse_ticket(void* p_ticket, mbedtls_ssl_session* session, unsigned char* buf, size_t len);
+
+ private:
+  TicketKeys();
+  bool tag(const std::string& name, const unsigned char* ticket, size_t len, unsigned char* out) const;
+  Rng rng_;  // used by mbedTLS under ctx_'s mutex only
+  mbedtls_ssl_ticket_context ctx_;
+  unsigned char bind_key_[32] = {};
+  uint32_t lifetime_ = 0;
+};
+
 // Client-facing configuration for hijacked connections: TLS 1.2, ALPN
 // "http/1.1" (or "http/1.0"; a client offering ALPN without either gets a
 // no_application_protocol alert), ECDHE, no renegotiation. With fast records
@@ -90,6 +136,11 @@ class ServerConfig {
   mbedtls_ssl_config* conf() { return &conf_; }
   bool fast_records() const { return fast_records_; }
   bool is_psk() const { return psk_; }
+  // Issues and accepts session tickets sealed with keys (kept alive by the
+  // config). Call before the first Session uses this config, never after:
+  // mbedTLS reads the callbacks during handshakes. Ignored on PSK configs.
+  void enable_session_tickets(std::shared_ptr<TicketKeys> keys);
+  const TicketKeys* session_tickets() const { return tickets_.get(); }
   // Offers only this suite (tests pin AES-256-GCM or ChaCha20 with it).
   void set_ciphersuite_for_test(int id);
 
@@ -100,6 +151,7 @@ class ServerConfig {
   bool fast_records_;
   bool psk_ = false;
   int only_suite_[2] = {0, 0};
+  std::shared_ptr<TicketKeys> tickets_;
 };
 
 // Origin-facing configuration: TLS 1.2, verification against a TrustStore
@@ -151,6 +203,8 @@ enum class Status {
 };
 
 class Session {
+  friend class TicketKeys;  // reads the leaf name
+
  public:
   // Server side: presents leaf (kept alive by the session) whatever SNI the
   // client sends, and also when it sends none. nullptr only when mbedTLS
@@ -179,6 +233,9 @@ class Session {
   // was consumed.
   Status handshake();
   bool handshake_done() const;
+  // True when the handshake resumed an earlier session (abbreviated: no
+  // certificate sent, no key exchange). Server side: from a ticket.
+  bool resumed() const { return resumed_; }
   // Decrypts into buf. Ok with *n > 0, WantRead when no complete record is
   // buffered (records that carry no data, e.g. a refused renegotiation
   // request, are consumed on the way), Closed on close_notify, Error
@@ -265,6 +322,7 @@ class Session {
   std::string err_;
   int last_ret_ = 0;
   bool done_ = false;
+  bool resumed_ = false;
   bool closed_ = false;
   bool is_client_ = false;
   uint8_t ip_[16] = {};  // the origin's IP literal, checked by verify_ip
