@@ -10,6 +10,7 @@
 #include <mbedtls/ecp.h>
 #include <mbedtls/error.h>
 #include <mbedtls/oid.h>
+#include <mbedtls/pem.h>
 #include <mbedtls/platform.h>
 #include <mbedtls/sha1.h>
 #include <mbedtls/x509_crt.h>
@@ -67,6 +68,50 @@ size_t terminate_if_pem(std::vector<unsigned char>* buf) {
              std::search(b, b + buf->size(), kBegin, kBegin + sizeof kBegin - 1) != b + buf->size();
   if (pem) buf->push_back('\0');
   return buf->size();
+}
+
+// mbedTLS 2.28 hands every extension it does not know to this callback.
+// nameConstraints is parsed here (into ctx->nc when the caller wants it);
+// anything else is refused, so an unknown critical extension still fails
+// the parse as it would without a callback, and a non-critical one is
+// skipped. A malformed nameConstraints is noted in ctx->err even when it
+// is not critical (mbedTLS then skips it), so the load refuses it.
+struct ExtCtx {
+  NameConstraints* nc = nullptr;
+  std::string err;
+};
+
+int on_unknown_ext(void* p_ctx, const mbedtls_x509_crt*, const mbedtls_x509_buf* oid, int,
+                   const unsigned char* p, const unsigned char* end) {
+  static const char kOid[] = MBEDTLS_OID_NAME_CONSTRAINTS;
+  if (oid->len != sizeof kOid - 1 || std::memcmp(oid->p, kOid, oid->len) != 0)
+    return MBEDTLS_ERR_X509_FEATURE_UNAVAILABLE;
+  auto* ctx = static_cast<ExtCtx*>(p_ctx);
+  NameConstraints nc;
+  std::string e;
+  if (!parse_name_constraints(p, static_cast<size_t>(end - p), &nc, &e)) {
+    if (ctx != nullptr) ctx->err = e;
+    return MBEDTLS_ERR_X509_INVALID_EXTENSIONS;
+  }
+  if (ctx != nullptr && ctx->nc != nullptr) *ctx->nc = std::move(nc);
+  return 0;
+}
+
+// Parses the first certificate of buf (PEM, NUL-terminated by
+// terminate_if_pem, or DER) and appends it to crt, through on_unknown_ext.
+// Returns 0 or a negative mbedTLS error.
+int parse_first_cert(mbedtls_x509_crt* crt, const std::vector<unsigned char>& buf, size_t n, bool is_pem,
+                     ExtCtx* ctx) {
+  if (!is_pem) return mbedtls_x509_crt_parse_der_with_ext_cb(crt, buf.data(), n, 1, on_unknown_ext, ctx);
+  mbedtls_pem_context pem;
+  mbedtls_pem_init(&pem);
+  size_t used = 0;
+  int ret = mbedtls_pem_read_buffer(&pem, "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----",
+                                    buf.data(), nullptr, 0, &used);
+  if (ret == 0)
+    ret = mbedtls_x509_crt_parse_der_with_ext_cb(crt, pem.buf, pem.buflen, 1, on_unknown_ext, ctx);
+  mbedtls_pem_free(&pem);
+  return ret;
 }
 
 Clock::time_point to_time_point(const mbedtls_x509_time& t) {
@@ -299,10 +344,15 @@ std::unique_ptr<CertAuthority> CertAuthority::load(const std::string& cert_path,
   if (!read_file(cert_path, &buf, &why)) {
     errs.push_back(cert_path + ": cannot read: " + why);
   } else {
+    const size_t raw = buf.size();
     size_t n = terminate_if_pem(&buf);
-    int ret = mbedtls_x509_crt_parse(&ca->ca_cert_, buf.data(), n);
+    ExtCtx ext;
+    ext.nc = &ca->constraints_;
+    int ret = parse_first_cert(&ca->ca_cert_, buf, n, n != raw, &ext);
     const mbedtls_x509_crt& c = ca->ca_cert_;
-    if (ret < 0 || c.version == 0) {
+    if (!ext.err.empty()) {
+      errs.push_back(cert_path + ": bad nameConstraints extension: " + ext.err);
+    } else if (ret < 0 || c.version == 0) {
       errs.push_back(cert_path +
                      ": not a certificate: " + mbed_error(ret < 0 ? ret : MBEDTLS_ERR_X509_INVALID_FORMAT));
     } else if ((c.ext_types & MBEDTLS_X509_EXT_BASIC_CONSTRAINTS) == 0 || c.ca_istrue == 0) {
@@ -453,6 +503,8 @@ std::shared_ptr<const Leaf> CertAuthority::mint(const std::string& name, std::st
     if (!dns_name_ok(host)) return fail("not a valid DNS name or IP address");
   }
   if (validity.count() <= 0) return fail("validity must be positive");
+  if (!constraints_.permits(host))
+    return fail("outside the CA's name constraints (" + constraints_.describe() + ")");
   if (validity > kMaxLeafValidity) validity = kMaxLeafValidity;
 
   // One DRBG per thread: minting runs on several pool threads at once and a
@@ -492,7 +544,7 @@ std::shared_ptr<const Leaf> CertAuthority::mint(const std::string& name, std::st
   if (ret != 0) return fail("validity: " + mbed_error(ret));
   leaf->not_after = Clock::from_time_t(not_after);
 
-  const bool with_cn = host.size() <= kMaxCommonName;
+  const bool with_cn = host.size() <= kMaxCommonName && (ip_len == 0 || constraints_.empty());
   ret = mbedtls_x509write_crt_set_subject_name(w, with_cn ? ("CN=" + host).c_str() : "");
   if (ret != 0) return fail("subject: " + mbed_error(ret));
   w->issuer = issuer_names_;  // borrowed; CrtWriter detaches it
@@ -528,7 +580,8 @@ std::shared_ptr<const Leaf> CertAuthority::mint(const std::string& name, std::st
   if (ret < 0) return fail("signing: " + mbed_error(ret));
   const unsigned char* start = der.data() + der.size() - static_cast<size_t>(ret);
   if ((ret = mbedtls_x509_crt_parse_der(&leaf->chain, start, static_cast<size_t>(ret))) != 0 ||
-      (ret = mbedtls_x509_crt_parse_der(&leaf->chain, ca_cert_.raw.p, ca_cert_.raw.len)) != 0)
+      (ret = mbedtls_x509_crt_parse_der_with_ext_cb(&leaf->chain, ca_cert_.raw.p, ca_cert_.raw.len, 1,
+                                                    on_unknown_ext, nullptr)) != 0)
     return fail("re-parsing the chain: " + mbed_error(ret));
   return leaf;
 }

@@ -18,6 +18,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "shoal/tls/name_constraints.h"
+
 namespace shoal::tls {
 
 // The longest validity mint() grants; longer requests are shortened.
@@ -66,7 +68,11 @@ class CertAuthority {
   // the file: unreadable files, a certificate that is not a CA
   // (basicConstraints CA:TRUE), a key that does not match the certificate,
   // and a key file readable or writable by group or other (unless
-  // allow_loose_key_mode). Returns nullptr and sets *err on failure.
+  // allow_loose_key_mode), and a malformed nameConstraints extension (a
+  // well-formed one, critical or not, is parsed into name_constraints();
+  // mbedTLS alone would refuse a critical one). Of a PEM file holding
+  // several certificates the first is the CA. Returns nullptr and sets *err
+  // on failure.
   static std::unique_ptr<CertAuthority> load(const std::string& cert_path, const std::string& key_path,
                                              std::string* err, bool allow_loose_key_mode = false);
 
@@ -78,13 +84,20 @@ class CertAuthority {
   // serverAuth, signed by the CA with SHA-256. Leaf::name is
   // normalize_name(name). Refuses (nullptr, *err set) names that are neither
   // an IP literal nor made of letters, digits, '-', '_' and '.' in labels of
-  // 1..63 characters (253 at most), and a validity that is not positive.
+  // 1..63 characters (253 at most), a validity that is not positive, and a
+  // name outside the CA's name constraints (permits()). When the CA has name
+  // constraints, an IP leaf has no subject CN (OpenSSL would check the CN
+  // as a DNS name against the DNS constraints).
   // Thread-safe; slow (a key generation and a CA signature): call it off the
   // event loop.
   std::shared_ptr<const Leaf> mint(const std::string& name, std::string* err,
                                    std::chrono::hours validity = kMaxLeafValidity) const;
 
   const mbedtls_x509_crt& cert() const { return ca_cert_; }
+  // The CA's nameConstraints (empty when it has none) and whether a leaf for
+  // name would lie inside them; see NameConstraints::permits.
+  const NameConstraints& name_constraints() const { return constraints_; }
+  bool permits(const std::string& name) const { return constraints_.permits(name); }
 
  private:
   CertAuthority();
@@ -100,6 +113,7 @@ class CertAuthority {
   mbedtls_asn1_named_data* issuer_names_ = nullptr;
   std::vector<unsigned char> aki_ext_;  // authorityKeyIdentifier extnValue
   std::chrono::system_clock::time_point ca_not_after_;
+  NameConstraints constraints_;
 };
 
 // LRU of leaves keyed by normalize_name(name). get() returns nullptr when

@@ -186,9 +186,11 @@ int main() {
   int failed = 0;
   failed += run_client_hello_tests();
   failed += run_cert_authority_tests();
+  failed += run_name_constraints_tests();
   failed += run_session_tests();
   failed += run_record_layer_tests();
   failed += run_psk_tests();
+  failed += run_ticket_tests();
   remove_pki();
   return failed == 0 ? 0 : 1;
 }

@@ -66,8 +66,10 @@ struct Endpoints {
 
 int run_client_hello_tests();
 int run_cert_authority_tests();
+int run_name_constraints_tests();
 int run_session_tests();
 int run_record_layer_tests();
 int run_psk_tests();
+int run_ticket_tests();
 
 }  // namespace shoal::tls::test
