@@ -148,7 +148,13 @@ bool Interception::setup(const config::Config& cfg, proxy::Shared& shared, uv_lo
   sweep_.data = this;
   sweep_inited_ = true;
   uv_timer_start(
-      &sweep_, [](uv_timer_t* t) { static_cast<Interception*>(t->data)->sweep_jobs(); }, kSweepMs, kSweepMs);
+      &sweep_,
+      [](uv_timer_t* t) {
+        auto* self = static_cast<Interception*>(t->data);
+        self->sweep_jobs();
+        self->watch_cgroups();
+      },
+      kSweepMs, kSweepMs);
   // The sweep alone must not keep the control loop alive at stop.
   uv_unref(reinterpret_cast<uv_handle_t*>(&sweep_));
   return true;
@@ -163,11 +169,38 @@ void Interception::attach_configured(const config::Config& cfg) {
     return;
   }
   for (const std::string& path : cfg.transparent_cgroups) {
-    std::string err;
-    if (shared_->redirect->attach(path, &err))
+    std::string err, abs;
+    if (redirect::cgroup_path(mount_, path, &abs, &err)) wanted_.emplace_back(abs, "");
+    if (shared_->redirect->attach(path, &err)) {
       log_info("cgroup attached").str("cgroup", path).str("mode", mode_);
-    else
+    } else {
+      log_error("cgroup not attached; attached once it exists").str("cgroup", path).str("error", err);
+      if (!wanted_.empty() && wanted_.back().first == abs) wanted_.back().second = err;
+    }
+  }
+}
+
+void Interception::watch_cgroups() {
+  if (!active()) return;
+  std::vector<std::string> errs;
+  for (const std::string& p : shared_->redirect->prune(&errs))
+    log_info("attached cgroup removed; detached").str("cgroup", p).str("mode", mode_);
+  for (const std::string& e : errs) log_warn("cannot delete a removed cgroup's rules").str("error", e);
+  if (wanted_.empty()) return;
+  const std::vector<std::string> now = shared_->redirect->attached();
+  for (auto& [path, last_err] : wanted_) {
+    bool on = false;
+    for (const std::string& a : now) on = on || a == path;
+    struct stat st {};
+    if (on || stat(path.c_str(), &st) != 0) continue;  // attached, or not (yet) there
+    std::string err;
+    if (shared_->redirect->attach(path, &err)) {
+      log_info("cgroup attached").str("cgroup", path).str("mode", mode_).str("reason", "transparent.cgroups");
+      last_err.clear();
+    } else if (err != last_err) {
       log_error("cgroup not attached").str("cgroup", path).str("error", err);
+      last_err = err;
+    }
   }
 }
 
@@ -192,11 +225,35 @@ bool Interception::detach(const std::string& path, cJSON* out) {
     set_error(out, "transparent interception is unavailable: " + why_);
     return false;
   }
+  std::string abs;
+  if (!redirect::cgroup_path(mount_, path, &abs, &err)) {
+    set_error(out, err);
+    return false;
+  }
+  // An explicit detach outranks transparent.cgroups until the next start.
+  for (auto it = wanted_.begin(); it != wanted_.end(); ++it) {
+    if (it->first == abs) {
+      wanted_.erase(it);
+      break;
+    }
+  }
+  // A cgroup removed a moment ago is dropped now rather than at the next
+  // sweep, so the answer below does not depend on the timing.
+  watch_cgroups();
+  bool on = false;
+  for (const std::string& a : shared_->redirect->attached()) on = on || a == abs;
+  struct stat st {};
+  if (!on && stat(abs.c_str(), &st) != 0 && errno == ENOENT) {
+    cJSON_AddStringToObject(out, "cgroup", abs.c_str());
+    cJSON_AddStringToObject(out, "note", "not attached: the cgroup no longer exists");
+    return true;
+  }
   if (!shared_->redirect->detach(path, &err)) {
     set_error(out, err);
     return false;
   }
   log_info("cgroup detached").str("cgroup", path).str("by", "shoalctl");
+  cJSON_AddStringToObject(out, "cgroup", abs.c_str());
   return true;
 }
 

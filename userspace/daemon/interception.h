@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "shoal/config/config.h"
@@ -32,14 +33,20 @@ class Interception {
   // True when a backend runs: the caller then binds the transparent
   // listeners (127.0.0.1 and ::1 on transparent.port).
   bool active() const { return shared_ != nullptr && shared_->redirect != nullptr; }
-  // Attaches transparent.cgroups (a failure is logged, not fatal: a batch
-  // system may create the cgroup later; `shoalctl attach` then works).
+  // Attaches transparent.cgroups. A failure is logged, not fatal: a batch
+  // system may create the cgroup later (slurmd makes slurmstepd.scope when
+  // it starts), and the once-a-second sweep attaches a configured cgroup as
+  // soon as it exists, again after it was removed and made anew, until
+  // `shoalctl detach` says otherwise.
   void attach_configured(const config::Config& cfg);
   // "ebpf", "iptables", or "off" (with the reason in status()).
   std::string mode() const;
 
   // Admin commands; each adds its answer's fields to out (an object that
   // already holds "ok": the caller sets it from the return value).
+  // detach of a cgroup that no longer exists (a job's, removed by the batch
+  // system, which the sweep may already have dropped) succeeds with a
+  // "note" saying so: an epilog must not fail for it.
   bool attach(const std::string& path, cJSON* out);
   bool detach(const std::string& path, cJSON* out);
   // Makes a job cgroup, attaches it (through its parent), and moves pid
@@ -56,6 +63,9 @@ class Interception {
 
  private:
   void sweep_jobs();
+  // Drops attachments whose cgroup was removed (logged), and attaches the
+  // configured cgroups that exist but are not attached.
+  void watch_cgroups();
   bool ensure_job_parent(std::string* err);
 
   proxy::Shared* shared_ = nullptr;
@@ -65,6 +75,10 @@ class Interception {
   std::string job_parent_;  // absolute; attached while it exists
   void adopt_jobs();
   std::vector<std::string> jobs_;  // absolute paths of job cgroups we made
+  // transparent.cgroups, absolute, less those `shoalctl detach` removed;
+  // with the last attach error logged for each (so a retry every second
+  // logs only when the reason changes).
+  std::vector<std::pair<std::string, std::string>> wanted_;
   uint64_t job_seq_ = 0;
   uv_timer_t sweep_{};
   bool sweep_inited_ = false;

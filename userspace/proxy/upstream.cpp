@@ -6,7 +6,30 @@
 #include <cerrno>
 #include <cstring>
 
+#include "shoal/config/upstream_proxy.h"
+#include "shoal/obs/log.h"
+#include "shoal/obs/metrics.h"
+
 namespace shoal::proxy {
+
+// The site proxy's answer to CONNECT: only its status line matters; a
+// refusal's body is never read.
+struct Upstream::ProxyReply : http::Handler {
+  ProxyReply() : parser(http::Parser::Kind::Response, this, 16 * 1024) { parser.expect_connect_response(); }
+  int on_head(http::MessageHead& head) override {
+    if (head.status < 200) return 0;  // an interim 1xx; the final answer follows
+    status = head.status;
+    reason = head.reason;
+    return 0;
+  }
+  int on_body(const char*, size_t) override { return 0; }
+  int on_message_complete() override { return 0; }
+  http::Parser parser;
+  int status = 0;
+  std::string reason;
+};
+
+Upstream::~Upstream() = default;
 
 void append(std::vector<char>& v, const char* p, size_t n) { v.insert(v.end(), p, p + n); }
 
@@ -47,6 +70,37 @@ std::string host_port(const std::string& host, uint16_t port) {
 
 namespace {
 
+struct ProxyMetrics {
+  obs::Counter& ok =
+      obs::metrics().counter("shoal_upstream_proxy_connects_total",
+                             "CONNECTs through the site proxy (upstreamProxy), by outcome", "result=\"ok\"");
+  obs::Counter& failed = obs::metrics().counter("shoal_upstream_proxy_connects_total",
+                                                "CONNECTs through the site proxy (upstreamProxy), by outcome",
+                                                "result=\"error\"");
+};
+
+ProxyMetrics& proxy_metrics() {
+  static ProxyMetrics m;
+  return m;
+}
+
+// What a site proxy's refusal usually means, for the operator.
+const char* proxy_status_hint(int status) {
+  switch (status) {
+    case 401:  // tinyproxy's answer to wrong credentials (407 when there are none)
+    case 407:
+      return "upstreamProxy credentials missing or wrong";
+    case 403:
+      return "the proxy does not allow this host or port";
+    case 502:
+    case 503:
+    case 504:
+      return "the proxy could not reach the origin";
+    default:
+      return "";
+  }
+}
+
 void on_close(uv_handle_t* h) { delete static_cast<Upstream*>(h->data); }
 
 void on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
@@ -65,6 +119,13 @@ void on_write(uv_write_t* req, int status) {
 void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   auto* u = static_cast<Upstream*>(s->data);
   if (!u->owner || nread == 0) return;
+  if (u->st == Upstream::St::ProxyConnect && nread < 0) {
+    u->proxy_failed(nread == UV_EOF
+                        ? "closed the connection before answering CONNECT"
+                        : std::string("connection error: ") + uv_strerror(static_cast<int>(nread)),
+                    0);
+    return;
+  }
   if (nread == UV_EOF) {
     u->side.eof = true;
     u->owner->upstream_eof(u);
@@ -76,6 +137,10 @@ void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     return;
   }
   u->side.bytes_in += static_cast<uint64_t>(nread);
+  if (u->st == Upstream::St::ProxyConnect) {
+    u->proxy_bytes(buf->base, static_cast<size_t>(nread));
+    return;
+  }
   if (u->st == Upstream::St::Handshaking) {
     u->side.tls->feed(reinterpret_cast<const uint8_t*>(buf->base), static_cast<size_t>(nread));
     u->handshake_step();
@@ -89,23 +154,14 @@ void on_connect(uv_connect_t* req, int status) {
   u->connect_pending = false;
   if (!u->owner) return;
   if (status != 0) {
+    if (!u->proxy.empty()) {
+      u->proxy_failed(std::string("connect: ") + uv_strerror(status), 0);
+      return;
+    }
     u->owner->upstream_failed(u, "connect to " + host_port(u->host, u->port) + ": " + uv_strerror(status));
     return;
   }
-  if (u->use_tls) {
-    u->side.tls = tls::Session::client(u->tls_cfg.get(), u->host);
-    if (u->side.tls) u->side.tls->set_log_label("origin " + host_port(u->host, u->port));
-    if (!u->side.tls) {
-      u->owner->upstream_failed(u, "cannot create a TLS session for " + u->host);
-      return;
-    }
-    u->st = Upstream::St::Handshaking;
-    u->set_reading(true);
-    u->handshake_step();
-    return;
-  }
-  u->st = Upstream::St::Ready;
-  u->owner->upstream_ready(u);
+  u->connected();
 }
 
 void on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res) {
@@ -118,6 +174,10 @@ void on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res) {
   }
   if (status != 0 || !res) {
     if (res) uv_freeaddrinfo(res);
+    if (!u->proxy.empty()) {
+      u->proxy_failed(std::string("cannot resolve its host: ") + uv_strerror(status), 0);
+      return;
+    }
     u->owner->upstream_failed(u, "cannot resolve " + u->host + ": " + uv_strerror(status));
     return;
   }
@@ -130,7 +190,7 @@ void on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res) {
 
 Upstream* Upstream::open(Worker& w, UpstreamOwner* owner, const std::string& host, uint16_t port,
                          bool use_tls, std::shared_ptr<tls::ClientConfig> tls_cfg,
-                         http::Handler* response_handler, const std::string& dial) {
+                         http::Handler* response_handler, const std::string& dial, const std::string& name) {
   auto* u = new Upstream;
   u->owner = owner;
   u->w = &w;
@@ -140,12 +200,28 @@ Upstream* Upstream::open(Worker& w, UpstreamOwner* owner, const std::string& hos
   u->tls_cfg = std::move(tls_cfg);
   u->parser = std::make_unique<http::Parser>(http::Parser::Kind::Response, response_handler);
   u->opening = true;
+  // The site proxy, unless this origin is on its noProxy list (checked on
+  // the name and on the address a transparent client connected to).
+  std::string conn_host = dial.empty() ? host : dial;
+  uint16_t conn_port = port;
+  {
+    std::shared_ptr<const Runtime> rt = w.runtime();
+    const config::UpstreamProxy& up = rt->cfg->upstream_proxy;
+    const bool bypass = config::no_proxy_match(up.no_proxy, host, port, dial) ||
+                        (!name.empty() && config::no_proxy_match(up.no_proxy, name, port, dial));
+    if (up.enabled && !bypass) {
+      u->proxy = up.display;
+      u->proxy_target = host_port(name.empty() ? host : name, port);
+      u->proxy_auth = rt->upstream_proxy_auth;
+      conn_host = up.host;
+      conn_port = up.port;
+    }
+  }
   sockaddr_in6 a6{};
   sockaddr_in a4{};
-  const std::string& addr = dial.empty() ? host : dial;
-  if (uv_ip4_addr(addr.c_str(), port, &a4) == 0) {
+  if (uv_ip4_addr(conn_host.c_str(), conn_port, &a4) == 0) {
     u->connect_addr(reinterpret_cast<sockaddr*>(&a4));
-  } else if (uv_ip6_addr(addr.c_str(), port, &a6) == 0) {
+  } else if (uv_ip6_addr(conn_host.c_str(), conn_port, &a6) == 0) {
     u->connect_addr(reinterpret_cast<sockaddr*>(&a6));
   } else {
     addrinfo hints{};
@@ -153,11 +229,14 @@ Upstream* Upstream::open(Worker& w, UpstreamOwner* owner, const std::string& hos
     hints.ai_socktype = SOCK_STREAM;
     u->gai.data = u;
     u->gai_pending = true;
-    int r =
-        uv_getaddrinfo(w.loop(), &u->gai, on_resolved, host.c_str(), std::to_string(port).c_str(), &hints);
+    int r = uv_getaddrinfo(w.loop(), &u->gai, on_resolved, conn_host.c_str(),
+                           std::to_string(conn_port).c_str(), &hints);
     if (r != 0) {
       u->gai_pending = false;
-      u->fail("cannot resolve " + host + ": " + uv_strerror(r));
+      if (u->proxy.empty())
+        u->fail("cannot resolve " + host + ": " + uv_strerror(r));
+      else
+        u->proxy_failed(std::string("cannot resolve its host: ") + uv_strerror(r), 0);
     }
   }
   u->opening = false;
@@ -194,10 +273,85 @@ void Upstream::connect_addr(const sockaddr* sa) {
   st = St::Connecting;
   r = uv_tcp_connect(&creq, &side.tcp, sa, on_connect);
   if (r != 0) {
-    fail("connect to " + host_port(host, port) + ": " + uv_strerror(r));
+    if (!proxy.empty())
+      proxy_failed(std::string("connect: ") + uv_strerror(r), 0);
+    else
+      fail("connect to " + host_port(host, port) + ": " + uv_strerror(r));
     return;
   }
   connect_pending = true;
+}
+
+void Upstream::connected() {
+  if (proxy.empty()) {
+    start_origin(nullptr, 0);
+    return;
+  }
+  // RFC 9110 9.3.6: CONNECT's target is the authority, and Host repeats it.
+  std::vector<http::Header> hs{{"Host", proxy_target}};
+  if (!proxy_auth.empty()) hs.push_back({"Proxy-Authorization", proxy_auth});
+  const std::string req = http::serialize_request_head("CONNECT", proxy_target, hs);
+  proxy_reply = std::make_unique<ProxyReply>();
+  st = St::ProxyConnect;
+  append(side.queue, req.data(), req.size());
+  flush();
+  if (owner) set_reading(true);
+}
+
+void Upstream::proxy_bytes(const char* data, size_t n) {
+  http::Parser& p = proxy_reply->parser;
+  const size_t used = p.feed(data, n);
+  const int status = proxy_reply->status;
+  if (status != 0 && (status < 200 || status > 299)) {
+    std::string why = "refused CONNECT " + proxy_target + ": " + std::to_string(status);
+    if (!proxy_reply->reason.empty()) why += " " + proxy_reply->reason;
+    if (*proxy_status_hint(status)) why += std::string(" (") + proxy_status_hint(status) + ")";
+    proxy_failed(why, status);
+    return;
+  }
+  if (p.error() != http::Error::None) {
+    proxy_failed("bad answer to CONNECT: " + p.error_detail(), 0);
+    return;
+  }
+  if (!p.upgraded()) return;  // the head is not complete yet
+  proxy_metrics().ok.inc();
+  proxy_reply.reset();
+  // Bytes behind the head already belong to the origin. They sit in the
+  // worker's read buffer, which the owner's callbacks may reuse: copy.
+  std::vector<char> rest(data + used, data + n);
+  start_origin(rest.data(), rest.size());
+}
+
+void Upstream::proxy_failed(const std::string& why, int status) {
+  proxy_metrics().failed.inc();
+  {
+    // Names the proxy by its URL without credentials; never the
+    // Proxy-Authorization value.
+    auto line = obs::log_warn("site proxy error");
+    line.str("proxy", proxy).str("target", proxy_target).str("error", why);
+    if (status != 0) line.num("status", status);
+  }
+  fail("site proxy " + proxy + " " + why);
+}
+
+void Upstream::start_origin(const char* early_bytes, size_t n) {
+  if (!owner) return;
+  if (use_tls) {
+    side.tls = tls::Session::client(tls_cfg.get(), host);
+    if (!side.tls) {
+      owner->upstream_failed(this, "cannot create a TLS session for " + host);
+      return;
+    }
+    side.tls->set_log_label("origin " + host_port(host, port));
+    st = St::Handshaking;
+    set_reading(true);
+    if (n > 0) side.tls->feed(reinterpret_cast<const uint8_t*>(early_bytes), n);
+    handshake_step();
+    return;
+  }
+  st = St::Ready;
+  owner->upstream_ready(this);
+  if (n > 0 && owner && st == St::Ready) owner->upstream_data(this, early_bytes, n);
 }
 
 void Upstream::handshake_step() {

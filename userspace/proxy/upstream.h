@@ -4,6 +4,14 @@
 // module: a client Conn forwards requests through one, and the task engine's
 // back-to-source fetch uses another.
 //
+// With a site proxy configured (upstreamProxy) and the origin not on its
+// noProxy list, the TCP connection goes to the proxy, which is asked with
+// CONNECT host:port (Proxy-Authorization: Basic when credentials are
+// configured) to open a tunnel; TLS and HTTP then run inside it as they
+// would on a direct connection. The proxy's refusal (407, 403, 502...), a
+// refused connect or a bad answer fail the Upstream with a reason naming the
+// proxy by its URL without credentials, and a log line says the same.
+//
 // Ownership: an Upstream is owned by its UpstreamOwner until release(); it
 // then closes itself and frees itself in its close callback (or when a DNS
 // lookup it is waiting for returns) and never calls the owner again.
@@ -65,16 +73,22 @@ class UpstreamOwner {
 };
 
 struct Upstream {
-  enum class St { Resolving, Connecting, Handshaking, Ready, Closed };
+  // ProxyConnect: connected to the site proxy, waiting for its answer to
+  // CONNECT.
+  enum class St { Resolving, Connecting, ProxyConnect, Handshaking, Ready, Closed };
   // Starts resolving/connecting; never returns null. A failure found before
   // open() returns is left in fail_reason (the caller must check it and
   // release); later ones reach owner->upstream_failed().
   // dial: an IP literal to connect to instead of resolving host (the
   // original destination of a transparently intercepted connection: TLS
-  // still verifies host).
+  // still verifies host). Through a site proxy (upstreamProxy) the proxy is
+  // asked for host, or for name when given (the TLS server name of a
+  // transparently intercepted connection that is spliced to its address:
+  // proxies' access rules are written for names); dial then only matters to
+  // the noProxy check, which looks at host, name and dial.
   static Upstream* open(Worker& w, UpstreamOwner* owner, const std::string& host, uint16_t port, bool use_tls,
                         std::shared_ptr<tls::ClientConfig> tls_cfg, http::Handler* response_handler,
-                        const std::string& dial = "");
+                        const std::string& dial = "", const std::string& name = "");
 
   // Queues plaintext for the origin (buffered until Ready) and flushes.
   void send(const char* data, size_t n);
@@ -99,12 +113,23 @@ struct Upstream {
   bool busy_exchange = false;            // a request is outstanding
   int exchanges = 0;                     // requests completed on this connection
   std::string fail_reason;
+  // The site proxy this connection goes through; empty when direct.
+  std::string proxy;  // its URL without credentials, e.g. "http://proxy.example.org:3128"
 
   // Internals used by the libuv callbacks.
   void connect_addr(const sockaddr* sa);
+  void connected();  // TCP is up: CONNECT through the proxy, or start TLS / report ready
+  void proxy_bytes(const char* data, size_t n);
+  void proxy_failed(const std::string& why, int status);
+  void start_origin(const char* early_bytes, size_t n);  // the path to the origin is open
   void handshake_step();
   void fail(const std::string& why);
   bool opening = false;
+  std::string proxy_auth;    // Proxy-Authorization value; secret
+  std::string proxy_target;  // what CONNECT asks for: host:port, or name:port
+  struct ProxyReply;
+  std::unique_ptr<ProxyReply> proxy_reply;  // the CONNECT answer's parser, while ProxyConnect
+  ~Upstream();
 };
 
 // Helpers shared by Conn and the fetcher.

@@ -213,13 +213,42 @@ class EbpfBackend final : public Backend {
   bool attach(const std::string& path, std::string* err) override {
     std::string abs;
     if (!resolve(path, &abs, err)) return false;
+    std::string e;
+    const uint64_t id = cgroup_id(abs, &e);
+    if (id == 0) {
+      *err = "attach " + abs + ": " + e;
+      return false;
+    }
     std::lock_guard<std::mutex> lock(mu_);
-    for (const Attachment& a : attached_)
-      if (a.path == abs) return true;
-    Attachment a{abs, {}};
+    for (auto it = attached_.begin(); it != attached_.end(); ++it) {
+      if (it->path != abs) continue;
+      if (it->id == id) return true;
+      // The cgroup was removed and made again: the old links hang on to
+      // the removed one.
+      destroy_links(&it->links);
+      attached_.erase(it);
+      break;
+    }
+    Attachment a{abs, id, {}};
     if (!attach_links(abs, "cgroup", &a.links, err)) return false;
     attached_.push_back(std::move(a));
     return true;
+  }
+
+  std::vector<std::string> prune(std::vector<std::string>* /*errs*/) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<std::string> gone;
+    for (auto it = attached_.begin(); it != attached_.end();) {
+      std::string e;
+      if (cgroup_id(it->path, &e) == it->id) {
+        ++it;
+        continue;
+      }
+      destroy_links(&it->links);
+      gone.push_back(it->path);
+      it = attached_.erase(it);
+    }
+    return gone;
   }
 
   bool detach(const std::string& path, std::string* err) override {
@@ -335,6 +364,7 @@ class EbpfBackend final : public Backend {
  private:
   struct Attachment {
     std::string path;
+    uint64_t id;  // the cgroup's id when attached: a recreated cgroup has a new one
     std::vector<bpf_link*> links;
   };
 

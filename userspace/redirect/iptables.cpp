@@ -410,11 +410,19 @@ class IptablesBackend final : public Backend {
     std::lock_guard<std::mutex> lock(mu_);
     std::string abs, e;
     if (!cgroup_path(mount_, path, &abs, err)) return false;
-    for (const Attached& a : attached_)
-      if (a.abs == abs) return true;
-    if (cgroup_id(abs, &e) == 0) {
+    const uint64_t id = cgroup_id(abs, &e);
+    if (id == 0) {
       *err = "attach " + abs + ": " + e;
       return false;
+    }
+    for (auto it = attached_.begin(); it != attached_.end(); ++it) {
+      if (it->abs != abs) continue;
+      if (it->id == id) return true;
+      // Removed and made again: --path was resolved to the old cgroup.
+      std::vector<std::string> errs;
+      remove_rules(*it, &errs);
+      attached_.erase(it);
+      break;
     }
     const std::string kname = internal::kernel_cgroup_name(mount_, mount_root_, abs);
     std::vector<std::pair<const Tool*, Rule>> done;
@@ -431,8 +439,26 @@ class IptablesBackend final : public Backend {
         done.emplace_back(&t, r);
       }
     }
-    attached_.push_back({abs, kname});
+    attached_.push_back({abs, kname, id});
     return true;
+  }
+
+  std::vector<std::string> prune(std::vector<std::string>* errs) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<std::string> gone;
+    for (auto it = attached_.begin(); it != attached_.end();) {
+      std::string e;
+      if (cgroup_id(it->abs, &e) == it->id) {
+        ++it;
+        continue;
+      }
+      // Deleting a rule matches its text, so it works after the cgroup
+      // its --path named is gone.
+      remove_rules(*it, errs);
+      gone.push_back(it->abs);
+      it = attached_.erase(it);
+    }
+    return gone;
   }
 
   bool detach(const std::string& path, std::string* err) override {
@@ -442,12 +468,7 @@ class IptablesBackend final : public Backend {
     for (auto it = attached_.begin(); it != attached_.end(); ++it) {
       if (it->abs != abs) continue;
       std::vector<std::string> errs;
-      for (const Tool& t : tools_) {
-        for (const Rule& r : cgroup_rules(t, it->kname)) {
-          std::string e;
-          if (!del(t, r, &e)) errs.push_back(e);
-        }
-      }
+      remove_rules(*it, &errs);
       attached_.erase(it);
       if (!errs.empty()) {
         *err = "detach " + abs + ": " + join_errors(errs);
@@ -533,7 +554,18 @@ class IptablesBackend final : public Backend {
   struct Attached {
     std::string abs;    // directory under the mount
     std::string kname;  // the kernel's name for it (--path)
+    uint64_t id;        // the cgroup's id when attached: a recreated cgroup has a new one
   };
+
+  // Deletes an attachment's rules; errors are appended to *errs.
+  void remove_rules(const Attached& a, std::vector<std::string>* errs) const {
+    for (const Tool& t : tools_) {
+      for (const Rule& r : cgroup_rules(t, a.kname)) {
+        std::string e;
+        if (!del(t, r, &e)) errs->push_back(e);
+      }
+    }
+  }
 
   std::vector<Rule> cgroup_rules(const Tool& t, const std::string& kname) const {
     std::vector<Rule> rules;

@@ -19,7 +19,8 @@
 // one cannot (xt_cgroup matches descendants too) and relies on the mark.
 //
 // Thread-safety: original_dst() may be called from any event loop at once;
-// attach()/detach()/attached()/stats() from the control thread (they lock).
+// attach()/detach()/attached()/prune()/stats() from the control thread (they
+// lock).
 #pragma once
 
 #include <netinet/in.h>
@@ -62,11 +63,22 @@ class Backend {
   virtual ~Backend() = default;
   virtual const char* name() const = 0;  // "ebpf" or "iptables"
   // path: absolute, or relative to the cgroup v2 mount. Attaching twice is
-  // not an error. False with *err naming the path and the reason.
+  // not an error; attaching a path whose cgroup was removed and made again
+  // since it was attached replaces the stale attachment. False with *err
+  // naming the path and the reason.
   virtual bool attach(const std::string& path, std::string* err) = 0;
   virtual bool detach(const std::string& path, std::string* err) = 0;
   // Absolute paths of the attached cgroups, in attach order.
   virtual std::vector<std::string> attached() const = 0;
+  // Drops every attachment whose cgroup is gone: its directory was removed
+  // (a batch system's job ended: slurmstepd removes job_<id> when the job's
+  // processes have exited), or removed and made again under the same name
+  // (a new cgroup the old links or rules never covered). eBPF: the links are
+  // released (the kernel stopped running them when the cgroup went); iptables:
+  // the rules are deleted. Returns the absolute paths dropped; a rule that
+  // could not be deleted is reported in *errs (the chains' teardown removes
+  // it at the latest).
+  virtual std::vector<std::string> prune(std::vector<std::string>* errs) = 0;
   // The original destination of a connection accepted on the transparent
   // listener (fd: the accepted socket; peer: its remote address, i.e. the
   // client's own address and port). The eBPF backend removes the map entry.

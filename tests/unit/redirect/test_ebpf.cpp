@@ -747,6 +747,52 @@ void test_detach(void**) {
   assert_false(pending(g.l4));
 }
 
+// A cgroup removed while attached (a batch job's, by its batch system) is
+// dropped by prune(), links and all; one removed and made again under the
+// same name is a new cgroup: pruned too, and attach() replaces a stale
+// attachment instead of calling it done. The still-attached one is kept.
+void test_prune_vanished(void**) {
+  require_env();
+  std::string err;
+  const std::string job = g.cg + "/job_7";
+  assert_int_equal(mkdir(job.c_str(), 0755), 0);
+  g.extra_cgroups.push_back(job);
+  assert_true(g.be->attach(job, &err));
+  assert_int_equal(g.be->attached().size(), 2);
+  std::vector<std::string> errs;
+  assert_int_equal(g.be->prune(&errs).size(), 0);
+
+  assert_true(remove_cgroup(job));
+  std::vector<std::string> gone = g.be->prune(&errs);
+  assert_int_equal(gone.size(), 1);
+  assert_string_equal(gone[0].c_str(), job.c_str());
+  assert_int_equal(errs.size(), 0);
+  std::vector<std::string> a = g.be->attached();
+  assert_int_equal(a.size(), 1);
+  assert_string_equal(a[0].c_str(), g.cg.c_str());
+  assert_false(g.be->detach(job, &err));  // nothing left to detach
+  assert_int_equal(g.be->prune(&errs).size(), 0);
+
+  // Made again: a new cgroup id.
+  assert_int_equal(mkdir(job.c_str(), 0755), 0);
+  assert_true(g.be->attach(job, &err));
+  assert_true(remove_cgroup(job));
+  assert_int_equal(mkdir(job.c_str(), 0755), 0);
+  assert_true(g.be->attach(job, &err));  // replaces the stale attachment
+  assert_int_equal(g.be->attached().size(), 2);
+  assert_int_equal(g.be->prune(&errs).size(), 0);
+  // Removed and made again between two prunes: pruned, not kept.
+  assert_true(remove_cgroup(job));
+  assert_int_equal(mkdir(job.c_str(), 0755), 0);
+  gone = g.be->prune(&errs);
+  assert_int_equal(gone.size(), 1);
+  assert_int_equal(g.be->attached().size(), 1);
+  assert_true(remove_cgroup(job));
+  g.extra_cgroups.pop_back();
+  // The test cgroup itself still redirects.
+  check_redirect(v4("127.0.0.2", g.port), AF_INET, g.l4, v4("127.0.0.2", g.port), v4("127.0.0.2", g.port));
+}
+
 // open_ebpf rejects bad options and says why.
 void test_open_errors(void**) {
   require_env();
@@ -836,6 +882,7 @@ int run_ebpf_tests() {
       cmocka_unit_test(test_other_netns_skipped),
       cmocka_unit_test(test_daemon_cgroup_skipped),
       cmocka_unit_test(test_open_errors),
+      cmocka_unit_test(test_prune_vanished),
       cmocka_unit_test(test_detach),
   };
   return cmocka_run_group_tests_name("redirect/ebpf", tests, group_setup, group_teardown);

@@ -506,6 +506,50 @@ void test_detach(void**) {
   assert_true(has(err, "not attached"));
 }
 
+// A cgroup removed while attached loses its rules at the next prune();
+// the --path text still deletes them although the cgroup is gone. One made
+// again under the same name is pruned as well, and attach() replaces a stale
+// attachment rather than keeping rules that no longer match anything.
+void test_prune_vanished(void**) {
+  need_env();
+  auto b = must_open(g.listen_port);
+  const std::string job = g.cg + "/job_9";
+  if (mkdir(job.c_str(), 0755) != 0) fail_msg("mkdir %s: %s", job.c_str(), strerror(errno));
+  must_attach(b.get(), g.cg_name);
+  const size_t per = count_of(all_rules(), "--path");  // nat + filter, v4 (+ v6)
+  assert_true(per >= 2);
+  must_attach(b.get(), job);
+  assert_int_equal(count_of(all_rules(), "/job_9"), per);
+  std::vector<std::string> errs;
+  assert_int_equal(b->prune(&errs).size(), 0);
+
+  assert_int_equal(rmdir(job.c_str()), 0);
+  std::vector<std::string> gone = b->prune(&errs);
+  if (!errs.empty()) fail_msg("prune: %s", errs[0].c_str());
+  assert_int_equal(gone.size(), 1);
+  assert_string_equal(gone[0].c_str(), job.c_str());
+  std::string rules = all_rules();
+  if (has(rules, "/job_9")) fail_msg("rules of the removed cgroup left:\n%s", rules.c_str());
+  assert_int_equal(count_of(rules, "--path"), per);  // the test cgroup's
+  assert_int_equal(b->attached().size(), 1);
+
+  // Made again: attach replaces the stale attachment, one set of rules.
+  assert_int_equal(mkdir(job.c_str(), 0755), 0);
+  must_attach(b.get(), job);
+  assert_int_equal(rmdir(job.c_str()), 0);
+  assert_int_equal(mkdir(job.c_str(), 0755), 0);
+  must_attach(b.get(), job);
+  assert_int_equal(count_of(all_rules(), "/job_9"), per);
+  expect_tcp(job, AF_INET, "127.0.0.2", Via::kListener, b.get());
+  // Removed and made again between two prunes.
+  assert_int_equal(rmdir(job.c_str()), 0);
+  assert_int_equal(mkdir(job.c_str(), 0755), 0);
+  assert_int_equal(b->prune(&errs).size(), 1);
+  assert_int_equal(count_of(all_rules(), "/job_9"), 0);
+  assert_int_equal(rmdir(job.c_str()), 0);
+  expect_tcp(g.cg, AF_INET, "127.0.0.2", Via::kListener, b.get());
+}
+
 void test_attach_errors(void**) {
   need_env();
   auto b = must_open(g.listen_port);
@@ -741,6 +785,7 @@ int run_iptables_tests() {
       cmocka_unit_test(test_descendant_redirected),
       cmocka_unit_test(test_detach),
       cmocka_unit_test(test_attach_errors),
+      cmocka_unit_test(test_prune_vanished),
       cmocka_unit_test(test_cleanup_after_crash),
       cmocka_unit_test(test_open_replaces_stale_chains),
   };
