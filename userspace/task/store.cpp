@@ -740,6 +740,22 @@ std::vector<TaskMeta> Store::list() const {
   return out;
 }
 
+std::vector<TaskSummary> Store::summaries() const {
+  std::vector<TaskSummary> out;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    out.reserve(impl_->index.size());
+    for (const auto& kv : impl_->index) {
+      const TaskMeta& m = kv.second.meta;
+      out.push_back({m.id, m.url, m.digest, m.length, m.created, m.last_access, kv.second.pins});
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const TaskSummary& a, const TaskSummary& b) {
+    return a.created != b.created ? a.created > b.created : a.id < b.id;
+  });
+  return out;
+}
+
 size_t Store::discarded_at_open() const { return impl_->discarded; }
 
 const std::string& Store::dir() const { return impl_->dir; }

@@ -108,6 +108,15 @@ class Writer {
   bool done_ = false;          // committed or aborted
 };
 
+// What listing a store needs of a task: TaskMeta without the piece hashes
+// and headers, so listing thousands of tasks copies little.
+struct TaskSummary {
+  std::string id, url, digest;
+  uint64_t length = 0;
+  int64_t created = 0, last_access = 0;
+  int pins = 0;  // clients being served from it right now
+};
+
 struct GcResult {
   std::vector<std::string> ids;  // in removal order
   uint64_t bytes = 0;
@@ -157,6 +166,8 @@ class Store {
   uint64_t total_bytes() const;  // sum of complete tasks' lengths
   size_t task_count() const;
   std::vector<TaskMeta> list() const;  // ordered by id
+  // Every complete task, most recently created first (ties by id).
+  std::vector<TaskSummary> summaries() const;
   // Entries open() deleted: tmp/ contents and incomplete or corrupt tasks.
   size_t discarded_at_open() const;
   const std::string& dir() const;
