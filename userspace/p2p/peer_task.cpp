@@ -289,6 +289,20 @@ void PeerTask::schedule() {
   } else {
     for (uint32_t i : assigned_)
       if (wanted(i)) from_origin.push_back(i);
+    // A piece whose every holder this peer gave up on (a parent killed in
+    // mid-piece refuses connections from then on) would wait until the
+    // scheduler forgets that parent (its peerTimeout): fetch it from the
+    // origin instead, as without a scheduler.
+    for (uint32_t i = 0; i < n_; ++i) {
+      if (!wanted(i) || assigned_.count(i)) continue;
+      bool held = false, alive = false;
+      for (auto& kv : parents_) {
+        if (!kv.second.pieces.test(i)) continue;
+        held = true;
+        alive = alive || !kv.second.banned;
+      }
+      if (held && !alive) from_origin.push_back(i);
+    }
   }
   for (uint32_t i : from_origin) {
     if (origin_inflight_ >= kOriginParallel) break;
@@ -417,11 +431,15 @@ void PeerTask::on_parent_done(uint64_t fid, CallResult& r) {
     if (r.error == 0 && r.status == 403) p.pieces.clear(f.piece);  // it does not hold it (any more)
     pm().parent_errors.inc();
     if (++p.errors >= kMaxParentErrors) p.banned = true;
+    // bytes: how much of the piece had arrived (a parent that died in
+    // mid-piece leaves 0 < bytes < piece_bytes).
     obs::log_info("piece fetch from parent failed")
         .str("task", id_)
         .num("piece", f.piece)
         .str("parent", f.parent)
         .str("error", why)
+        .num("bytes", static_cast<int64_t>(r.body.size()))
+        .num("piece_bytes", piece_len(f.piece))
         .boolean("dropped", p.banned);
     report(f.parent, f.piece, ResultReq::Outcome::Error);
   }
@@ -551,10 +569,12 @@ void PeerTask::piece_stored(uint32_t piece, const std::string& parent, bool from
     hash_known_.set(piece);
     from_origin_.set(piece);
     bytes_origin_ += len;
+    t_->add_source_bytes(len, 0);
     pm().bytes_origin.inc(len);
     pm().pieces_origin.inc();
   } else {
     bytes_peer_ += len;
+    t_->add_source_bytes(0, len);
     pm().bytes_peer.inc(len);
     pm().pieces_peer.inc();
     if (parents_used_.insert(parent).second) pm().parents.inc();

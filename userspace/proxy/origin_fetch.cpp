@@ -127,7 +127,8 @@ class RangeFetch : public UpstreamOwner, public http::Handler {
     } else if (head.status == 200) {
       // A whole answer is fine only when the whole object was asked for.
       if (offset_ != 0 || len_ != total_ || head.content_length != static_cast<int64_t>(total_))
-        return fail_cb("origin ignored the Range request (200)");
+        return fail_cb(if_range() ? "origin answered 200: If-Range did not match, the object changed"
+                                  : "origin ignored the Range request (200)");
     } else {
       return fail_cb("origin answered HTTP " + std::to_string(head.status));
     }
@@ -152,6 +153,12 @@ class RangeFetch : public UpstreamOwner, public http::Handler {
   }
 
  private:
+  bool if_range() const {
+    for (auto& h : req_.headers)
+      if (http::iequals(h.name, "If-Range")) return true;
+    return false;
+  }
+
   int fail_cb(const std::string& why) {
     finish(UV_EPROTO, why);
     return 1;

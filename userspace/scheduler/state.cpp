@@ -443,6 +443,17 @@ int State::register_peer(const p2p::RegisterReq& req, int64_t now_ms, p2p::Regis
   (void)err;
   uint32_t p = s.find_peer(req.peer);
   if (p == kNone) {
+    // A new peer at the address of a known one: the daemon there restarted
+    // (two cannot listen on one address) and its old self, killed without
+    // a leave, will never answer again. Forget it now rather than after
+    // peerTimeout, or other peers keep being sent to it and the pieces it
+    // held or was fetching from the origin wait for it that long.
+    if (!req.addr.empty())
+      for (uint32_t q = 0; q < s.peers.size(); ++q)
+        if (s.peers[q].used && s.peers[q].addr == req.addr) {
+          s.note("peer replaced by a new one at its address", s.peers[q].id, "", -1, req.peer);
+          s.remove_peer(q, now_ms);
+        }
     if (!s.free_peers.empty()) {
       p = s.free_peers.back();
       s.free_peers.pop_back();

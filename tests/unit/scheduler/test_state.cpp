@@ -39,10 +39,18 @@ p2p::Bitmap all_bits(uint32_t n) {
   return b;
 }
 
+// Each peer name its own address (a new peer at a known address replaces
+// the old one).
+std::string addr_of(const std::string& peer) {
+  static std::map<std::string, int> ports;
+  auto it = ports.emplace(peer, 20000 + static_cast<int>(ports.size())).first;
+  return "10.0.0.1:" + std::to_string(it->second);
+}
+
 int reg(State& s, const std::string& peer, int64_t now, const std::string& rack = "", uint32_t slots = 4) {
   p2p::RegisterReq r;
   r.peer = peer;
-  r.addr = "10.0.0.1:65002";
+  r.addr = addr_of(peer);
   if (!rack.empty()) r.labels["rack"] = rack;
   r.slots = slots;
   p2p::RegisterResp resp;
@@ -134,6 +142,38 @@ void test_register_heartbeat(void**) {
   assert_int_equal(c.ops[static_cast<int>(Op::Heartbeat)], 2);
 }
 
+// A daemon killed without a leave and started again at the same address
+// (under a new peer id): its old self is forgotten at once, with what it
+// held and the origin pieces it was assigned, so nobody waits peerTimeout.
+void test_restart_replaces_peer(void**) {
+  State s;
+  p2p::RegisterReq r;
+  r.peer = "old";
+  r.addr = "10.0.0.9:65002";
+  r.slots = 4;
+  p2p::RegisterResp resp;
+  std::string err;
+  assert_int_equal(s.register_peer(r, 0, &resp, &err), 200);
+  assert_int_equal(reg(s, "other", 0), 200);
+  p2p::ParentsResp pr;
+  // "old" holds piece 0 and was assigned pieces to fetch from the origin.
+  assert_int_equal(announce(s, "old", 4, bits(4, {0}), hashes_for({0}), 10), 200);
+  assert_int_equal(parents(s, "old", 4, bits(4, {0}), true, 20, &pr), 200);
+  assert_false(pr.origin.empty());
+  assert_int_equal(parents(s, "other", 4, p2p::Bitmap(4), true, 30, &pr), 200);
+  assert_true(has_parent(pr, "old"));
+  r.peer = "new";
+  assert_int_equal(s.register_peer(r, 40, &resp, &err), 200);
+  assert_int_equal(s.counters().peers, 2);
+  // Piece 0 is nobody's now, and every piece can be handed out again.
+  assert_int_equal(parents(s, "other", 4, p2p::Bitmap(4), true, 50, &pr), 200);
+  assert_false(has_parent(pr, "old"));
+  assert_true(std::find(pr.origin.begin(), pr.origin.end(), 0u) != pr.origin.end());
+  // Same id again is an update: nothing is forgotten.
+  assert_int_equal(s.register_peer(r, 60, &resp, &err), 200);
+  assert_int_equal(s.counters().peers, 2);
+}
+
 void test_unknown_peer_and_conflict(void**) {
   State s;
   p2p::ParentsResp pr;
@@ -175,7 +215,7 @@ void test_parents_basics(void**) {
   assert_int_equal(parents(s, "me", 8, bits(8, {0}), false, 10, &r, bits(8, {0, 1})), 200);
   assert_int_equal(r.parents.size(), 2);
   assert_string_equal(r.parents[0].peer.c_str(), "seed");  // 7 useful pieces against 3
-  assert_string_equal(r.parents[0].addr.c_str(), "10.0.0.1:65002");
+  assert_string_equal(r.parents[0].addr.c_str(), addr_of("seed").c_str());
   assert_true(r.parents[0].pieces == all_bits(8));
   assert_true(r.parents[1].pieces == bits(8, {0, 1, 2, 3}));
   // Hashes the requester does not have yet.
@@ -654,6 +694,7 @@ void test_scale(void**) {
 int run_state_tests() {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_register_heartbeat),
+      cmocka_unit_test(test_restart_replaces_peer),
       cmocka_unit_test(test_dead_holder_piece_refetched),
       cmocka_unit_test(test_unknown_peer_and_conflict),
       cmocka_unit_test(test_parents_basics),
