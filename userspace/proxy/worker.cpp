@@ -1,17 +1,44 @@
 #include "shoal/proxy/worker.h"
 
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 
 #include "conn.h"
 #include "shoal/obs/log.h"
 
 namespace shoal::proxy {
+namespace {
+
+// Raises RLIMIT_NOFILE's soft limit to the hard one, once per process.
+// Every client connection holds a descriptor (two while it talks to an
+// origin), and the soft limit a shell hands down is often 1024: a few
+// hundred idle clients would then exhaust it. systemd's unit sets both
+// limits already; this covers shoald started by hand or by another
+// supervisor. Called from the thread that binds the listeners.
+void raise_fd_limit() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    rlim_t before = rl.rlim_cur;
+    if (rl.rlim_cur != rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      if (setrlimit(RLIMIT_NOFILE, &rl) != 0) rl.rlim_cur = before;
+    }
+    auto line = obs::log_info("file descriptor limit");
+    line.num("limit", rl.rlim_cur == RLIM_INFINITY ? -1 : static_cast<int64_t>(rl.rlim_cur));
+    if (rl.rlim_cur != before) line.num("raised_from", static_cast<int64_t>(before));
+  });
+}
+
+}  // namespace
 
 bool Shared::admit(int64_t limit) {
   int64_t now = active_.fetch_add(1) + 1;
@@ -50,6 +77,8 @@ Worker::Worker(Shared& shared, int index)
   async_.data = this;
   uv_idle_init(&loop_, &defer_idle_);
   defer_idle_.data = this;
+  uv_timer_init(&loop_, &relisten_timer_);
+  relisten_timer_.data = this;
 }
 
 Worker::~Worker() {
@@ -57,6 +86,14 @@ Worker::~Worker() {
 }
 
 int Worker::listen(const std::string& addr, uint16_t port, std::string* err, bool transparent) {
+  raise_fd_limit();
+  return open_listener(ListenSpec{addr, port, transparent}, err);
+}
+
+int Worker::open_listener(const ListenSpec& spec, std::string* err) {
+  const std::string& addr = spec.addr;
+  const uint16_t port = spec.port;
+  const bool transparent = spec.transparent;
   sockaddr_storage ss{};
   int family = AF_INET;
   if (uv_ip4_addr(addr.c_str(), port, reinterpret_cast<sockaddr_in*>(&ss)) != 0) {
@@ -88,11 +125,57 @@ int Worker::listen(const std::string& addr, uint16_t port, std::string* err, boo
     *err = "cannot listen on " + addr + ":" + std::to_string(port) + ": " + uv_strerror(r);
     uv_close(reinterpret_cast<uv_handle_t*>(t),
              [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
-    uv_run(&loop_, UV_RUN_NOWAIT);
+    // At start-up the loop is not running yet: run the close callback now.
+    // From on_relisten (inside the loop) the loop runs it itself.
+    if (thread_.get_id() != std::this_thread::get_id()) uv_run(&loop_, UV_RUN_NOWAIT);
     return r;
   }
   listeners_.push_back(t);
+  listen_specs_[t] = spec;
   return 0;
+}
+
+void Worker::pause_listener(uv_stream_t* server, int status) {
+  auto* t = reinterpret_cast<uv_tcp_t*>(server);
+  auto it = listen_specs_.find(t);
+  if (it == listen_specs_.end() || uv_is_closing(reinterpret_cast<uv_handle_t*>(t))) return;
+  paused_.push_back(it->second);
+  listen_specs_.erase(it);
+  listeners_.erase(std::remove(listeners_.begin(), listeners_.end(), t), listeners_.end());
+  // Closing the listener inside its own connection callback ends libuv's
+  // accept loop (it stops once the descriptor is gone).
+  uv_close(reinterpret_cast<uv_handle_t*>(t), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+  if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&relisten_timer_)))
+    uv_timer_start(&relisten_timer_, on_relisten, kRelistenMs, 0);
+  // At most one line a minute: a flood of clients must not flood the log.
+  ++pauses_;
+  uint64_t now = uv_now(&loop_);
+  if (pauses_logged_ == 0 || now - pause_logged_ms_ >= 60 * 1000) {
+    obs::log_warn("out of file descriptors: listener paused")
+        .num("worker", index_)
+        .str("listener", host_port(paused_.back().addr, paused_.back().port))
+        .str("error", uv_strerror(status))
+        .num("connections", static_cast<int64_t>(conn_count_.load()))
+        .num("pause_ms", static_cast<int64_t>(kRelistenMs))
+        .num("pauses_since_last_line", static_cast<int64_t>(pauses_ - pauses_logged_));
+    pauses_logged_ = pauses_;
+    pause_logged_ms_ = now;
+  }
+}
+
+void Worker::on_relisten(uv_timer_t* timer) {
+  auto* w = static_cast<Worker*>(timer->data);
+  if (w->draining_) {
+    w->paused_.clear();
+    return;
+  }
+  std::vector<ListenSpec> still;
+  for (auto& spec : w->paused_) {
+    std::string err;
+    if (w->open_listener(spec, &err) != 0) still.push_back(spec);
+  }
+  w->paused_.swap(still);
+  if (!w->paused_.empty()) uv_timer_start(&w->relisten_timer_, on_relisten, kRelistenMs, 0);
 }
 
 void Worker::start() {
@@ -147,6 +230,9 @@ void Worker::stop_accepting() {
                [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
     }
     listeners_.clear();
+    listen_specs_.clear();
+    paused_.clear();
+    uv_timer_stop(&relisten_timer_);
     // drain() may free the Conn: step with a saved next pointer.
     for (Conn* c = conns_; c;) {
       Conn* next = c->next;
@@ -178,6 +264,7 @@ void Worker::maybe_finish() {
   // weak references and would do nothing).
   deferred_.clear();
   uv_close(reinterpret_cast<uv_handle_t*>(&defer_idle_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&relisten_timer_), nullptr);
   // Every connection is gone. A DNS lookup still running in the thread pool
   // (a slow resolver can take many seconds) must not hold the stop: its
   // callback only frees a detached Upstream.
@@ -186,6 +273,10 @@ void Worker::maybe_finish() {
 
 void Worker::on_connection(uv_stream_t* server, int status) {
   auto* w = static_cast<Worker*>(server->data);
+  if (status == UV_EMFILE || status == UV_ENFILE) {
+    w->pause_listener(server, status);
+    return;
+  }
   if (status < 0) {
     obs::log_warn("accept failed").str("error", uv_strerror(status));
     return;
@@ -196,6 +287,10 @@ void Worker::on_connection(uv_stream_t* server, int status) {
 
 void Worker::on_transparent_connection(uv_stream_t* server, int status) {
   auto* w = static_cast<Worker*>(server->data);
+  if (status == UV_EMFILE || status == UV_ENFILE) {
+    w->pause_listener(server, status);
+    return;
+  }
   if (status < 0) {
     obs::log_warn("accept failed").str("listener", "transparent").str("error", uv_strerror(status));
     return;
@@ -216,9 +311,13 @@ std::shared_ptr<const Runtime> Worker::runtime() {
   return rt;
 }
 
-tls::ServerConfig& Worker::server_config(bool fast_records) {
-  auto& cfg = server_cfg_[fast_records ? 1 : 0];
-  if (!cfg) cfg = std::make_unique<tls::ServerConfig>(&rng_, fast_records);
+tls::ServerConfig& Worker::server_config(bool fast_records, const std::shared_ptr<tls::TicketKeys>& tickets) {
+  // The config holds the keys, so the pointer in the key is never reused.
+  auto& cfg = server_cfgs_[std::make_pair(fast_records, static_cast<const tls::TicketKeys*>(tickets.get()))];
+  if (!cfg) {
+    cfg = std::make_unique<tls::ServerConfig>(&rng_, fast_records);
+    cfg->enable_session_tickets(tickets);
+  }
   return *cfg;
 }
 

@@ -63,8 +63,11 @@ class Worker {
   rules::Scratch& scratch() { return scratch_; }
   tls::Rng& rng() { return rng_; }
   // TLS configurations of this loop, with or without fast records
-  // (tls.fastRecords, which a reload may change).
-  tls::ServerConfig& server_config(bool fast_records);
+  // (tls.fastRecords, which a reload may change). A server configuration
+  // issues and accepts session tickets with tickets when it is not null.
+  // Server configurations live as long as the worker (sessions point at
+  // them); there is one per (fast_records, tickets) ever asked for.
+  tls::ServerConfig& server_config(bool fast_records, const std::shared_ptr<tls::TicketKeys>& tickets);
   std::shared_ptr<tls::ClientConfig> client_config(const TrustChoice& trust, bool fast_records);
   // A 256 KiB buffer every read on this loop lands in; readers consume it
   // before returning, so one per loop is enough whatever the connection
@@ -89,12 +92,33 @@ class Worker {
   static void on_async(uv_async_t* a);
   static void on_connection(uv_stream_t* server, int status);
   static void on_transparent_connection(uv_stream_t* server, int status);
+  static void on_relisten(uv_timer_t* t);
+
+  // What it takes to open a listener again.
+  struct ListenSpec {
+    std::string addr;
+    uint16_t port = 0;
+    bool transparent = false;
+  };
+  int open_listener(const ListenSpec& spec, std::string* err);
+  // Out of descriptors (accept failed with EMFILE/ENFILE although libuv's
+  // reserve-descriptor trick ran): closes this listener and opens it again
+  // after kRelistenMs, instead of letting libuv retry accept() in a busy
+  // loop. Meanwhile SO_REUSEPORT hands new connections to the other
+  // workers' listeners, or the kernel refuses them once none is left.
+  void pause_listener(uv_stream_t* server, int status);
+  static constexpr uint64_t kRelistenMs = 500;
 
   Shared& shared_;
   int index_;
   uv_loop_t loop_{};
   uv_async_t async_{};
   std::vector<uv_tcp_t*> listeners_;
+  std::map<const uv_tcp_t*, ListenSpec> listen_specs_;  // of every open listener
+  std::vector<ListenSpec> paused_;                      // listeners closed by pause_listener()
+  uv_timer_t relisten_timer_{};
+  uint64_t pauses_ = 0, pauses_logged_ = 0;  // pause_listener() calls; those the log saw
+  uint64_t pause_logged_ms_ = 0;
   std::thread thread_;
   std::mutex post_mu_;
   std::vector<std::function<void()>> posted_;
@@ -104,7 +128,7 @@ class Worker {
   uint64_t scratch_gen_ = 0;
   std::shared_ptr<const Runtime> rt_;
   tls::Rng rng_;
-  std::unique_ptr<tls::ServerConfig> server_cfg_[2];  // [fast_records]
+  std::map<std::pair<bool, const tls::TicketKeys*>, std::unique_ptr<tls::ServerConfig>> server_cfgs_;
   struct CachedClientConfig {
     std::shared_ptr<tls::TrustStore> store;  // keeps the key's pointer alive
     std::shared_ptr<tls::ClientConfig> cfg;
