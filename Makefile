@@ -8,16 +8,24 @@
 #   make unit       unit tests only (CMocka, one binary per module)
 #   make integration  integration tests only (real servers and clients, needs root)
 #   make san        build under ASan+UBSan into build/san and run the tests there
+#   make san-smoke  under ASan+UBSan too: unit tests and a smoke set of
+#                   integration tests (run by .ci/run after make test)
 #   make fuzz       libFuzzer targets (tests/fuzz), FUZZ_SECONDS each (default 60)
 #   make bench      benchmarks (long; not part of make test)
+#   make soak       1,000 TLS clients on the hijacked path, two 60 s rounds: no
+#                   failure, no fd leak, RSS flat (bench/soak.sh; ~4 min, root)
 #   make check      clang-format dry run
-#   make install    binaries, /etc/shoal/shoald.yaml, systemd unit, logrotate file
+#   make deb        Debian package (dpkg-deb) into $(BUILD)/shoal_<version>_<arch>.deb
+#   make demo       a local registry, shoald, two pulls of a SIF through it (< 1 min, root)
+#   make install    binaries, /etc/shoal/shoald.yaml, systemd unit, logrotate file,
+#                   Slurm prolog/epilog (PREFIX/lib/shoal/slurm)
 # Knobs:
 #   V=1             show full commands
 #   DEBUG=1         -O0, no optimisation
 #   SAN=address,undefined   build with these sanitizers
 #   BUILD=dir       output directory (default build)
 #   T=pattern       integration tests to run (shell glob on tests/integration/t_*.sh)
+#   BENCH_HOSTILE=0 make bench skips bench/hostile.sh (10,000 hostile connections)
 
 BUILD ?= build
 PREFIX ?= /usr/local
@@ -43,7 +51,7 @@ LDFLAGS := -pthread $(SANFLAGS)
 LDLIBS := -luv -lmbedtls -lmbedx509 -lmbedcrypto -lhs -lcjson -lyaml -lhttp_parser -lcrypto -lbpf -lelf -lz
 
 .DELETE_ON_ERROR:
-.PHONY: all run test unit integration fuzz san bench check install uninstall deps deps-test deps-bench clean format
+.PHONY: all run test unit integration fuzz san san-smoke bench soak check install uninstall deb demo deps deps-test deps-bench clean format
 
 all: $(BUILD)/shoald $(BUILD)/shoalctl
 
@@ -116,6 +124,8 @@ $(BUILD)/tests/fixtures/%: $(BUILD)/obj/tests/fixtures/%.o
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o
 	@mkdir -p $(dir $@)
 	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+# The soak load generator speaks TLS through OpenSSL's libssl.
+$(BUILD)/bench/soak_load: LDLIBS += -lssl
 
 deps:
 	$(Q)tools/install-deps.sh build
@@ -144,11 +154,21 @@ FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.cpp,%,$(wildcard tests/fuzz/fuzz_*.cp
 FUZZ_BINS := $(FUZZ_NAMES:%=$(BUILD)/fuzz/fuzz_%)
 FUZZ_SRCS_record_layer := userspace/tls/record_layer.cpp
 FUZZ_SRCS_p2p_messages := userspace/p2p/protocol.cpp userspace/task/store.cpp
+FUZZ_SRCS_p2p_auth := userspace/p2p/auth.cpp userspace/http/message.cpp
+FUZZ_SRCS_http_request := $(wildcard userspace/http/*.cpp)
+FUZZ_SRCS_http_response := $(wildcard userspace/http/*.cpp)
+FUZZ_SRCS_range := userspace/http/range.cpp userspace/http/message.cpp
+FUZZ_SRCS_client_hello := userspace/tls/client_hello.cpp
+# The loader with every module its unit test links (tests/unit/config/deps).
+FUZZ_SRCS_config := $(foreach m,config $(shell cat tests/unit/config/deps),$(wildcard userspace/$(m)/*.cpp))
 # Libraries beyond -lcrypto a target needs, if any (FUZZ_LIBS_<name>).
 FUZZ_LIBS_p2p_messages := -lcjson
-FUZZ_FLAGS := -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Iinclude
+FUZZ_LIBS_http_request := -lhttp_parser
+FUZZ_LIBS_http_response := -lhttp_parser
+FUZZ_LIBS_config := -lyaml -lhs -lmbedtls -lmbedx509 -lmbedcrypto
+FUZZ_FLAGS := -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Iinclude -isystem /usr/include/hs
 define fuzz_rule
-$(BUILD)/fuzz/fuzz_$(1): tests/fuzz/fuzz_$(1).cpp $(FUZZ_SRCS_$(1)) $(wildcard include/shoal/*/*.h)
+$(BUILD)/fuzz/fuzz_$(1): tests/fuzz/fuzz_$(1).cpp $(FUZZ_SRCS_$(1)) $(wildcard include/shoal/*/*.h tests/fuzz/*.h)
 	@mkdir -p $$(dir $$@)
 	$(if $(V),,@echo "  FUZZ $$@")
 	$(Q)clang++ $(FUZZ_FLAGS) -o $$@ $$(filter %.cpp,$$^) -lcrypto $(FUZZ_LIBS_$(1))
@@ -167,10 +187,26 @@ unit: $(UNIT_BINS)
 	$(Q)tests/run-unit.sh $(UNIT_BINS)
 
 integration: all $(FIXTURE_BINS) $(ORAS_CLIENT)
-	$(Q)BUILD=$(abspath $(BUILD)) tests/integration/run.sh $(T)
+	$(Q)BUILD=$(abspath $(BUILD)) tests/integration/run.sh $(if $(T),'$(T)')
 
+# Sanitizer runs build into build/san unless BUILD is given on the command
+# line (make san-smoke BUILD=build/x). san-smoke is what .ci/run adds after
+# make test: the unit tests and SAN_SMOKE_TESTS (an extended glob for
+# tests/integration/run.sh: explicit pull hijacked with and without fast
+# records, the fast record path, task single-flight, P2P on one host,
+# transparent eBPF) under ASan+UBSan.
+SAN_BUILD := $(if $(filter command line,$(origin BUILD)),$(BUILD),build/san)
+SAN_SMOKE_TESTS := @(t_explicit_pull|t_tls_fast|t_task_singleflight|t_p2p_local|t_transparent_ebpf)
 san: deps-test
-	$(Q)SHOAL_SAN=1 $(MAKE) --no-print-directory BUILD=build/san SAN=address,undefined DEBUG=1 test
+	$(Q)SHOAL_SAN=1 $(MAKE) --no-print-directory BUILD=$(SAN_BUILD) SAN=address,undefined DEBUG=1 test
+
+# The benchmarks' programs (part of FIXTURE_BINS) are not built for it.
+SAN_SMOKE_BINS := $(UNIT_BINS) $(patsubst %.cpp,$(BUILD)/%,$(wildcard tests/fixtures/*.cpp)) $(ORAS_CLIENT)
+san-smoke: deps-test
+	$(Q)$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) SAN=address,undefined DEBUG=1 \
+	  all $(SAN_SMOKE_BINS:$(BUILD)/%=$(SAN_BUILD)/%)
+	$(Q)SHOAL_SAN=1 $(MAKE) --no-print-directory BUILD=$(SAN_BUILD) SAN=address,undefined DEBUG=1 unit
+	$(Q)SHOAL_SAN=1 BUILD=$(abspath $(SAN_BUILD)) tests/integration/run.sh '$(SAN_SMOKE_TESTS)'
 
 bench: deps-bench
 	$(Q)$(MAKE) --no-print-directory all $(FIXTURE_BINS)
@@ -179,12 +215,30 @@ bench: deps-bench
 	$(Q)BUILD=$(abspath $(BUILD)) bench/connect.sh
 	$(Q)BUILD=$(abspath $(BUILD)) bench/p2p.sh
 	$(Q)BUILD=$(abspath $(BUILD)) bench/sched.sh
+	$(Q)[ "$(BENCH_HOSTILE)" = 0 ] || BUILD=$(abspath $(BUILD)) bench/hostile.sh
+
+# In its own network namespace: the registry fixture binds 127.0.0.2-4:443.
+soak: deps-test
+	$(Q)$(MAKE) --no-print-directory all $(FIXTURE_BINS) $(ORAS_CLIENT)
+	$(Q)BUILD=$(abspath $(BUILD)) tests/integration/isolated.sh -- bash bench/soak.sh
 
 check:
 	$(Q)clang-format --dry-run --Werror $(shell git ls-files '*.cpp' '*.h' | grep -v '^bpf/')
 
 format:
 	$(Q)clang-format -i $(shell git ls-files '*.cpp' '*.h' | grep -v '^bpf/')
+
+# Binaries, unit, default configuration (conffile), logrotate file and man
+# pages, packaged by tools/build-deb.sh (maintainer scripts in packaging/deb/).
+deb: all
+	$(Q)tools/build-deb.sh $(BUILD)
+
+# tools/demo.sh: the registry fixture on loopback, shoald, two ORAS pulls of
+# a SIF artifact through it; prints the "peer task done" lines and what the
+# registry was spared, then cleans up. Runs in its own network and mount
+# namespace (tests/integration/isolated.sh), so it binds no real address.
+demo: all $(ORAS_CLIENT)
+	$(Q)BUILD=$(abspath $(BUILD)) tests/integration/isolated.sh -- tools/demo.sh
 
 install: all
 	install -D -m 0755 $(BUILD)/shoald $(DESTDIR)$(PREFIX)/sbin/shoald
@@ -196,12 +250,16 @@ install: all
 	chmod 0644 $(DESTDIR)/lib/systemd/system/shoald.service
 	install -m 0644 systemd/shoal-jobs.slice $(DESTDIR)/lib/systemd/system/shoal.slice
 	install -D -m 0644 systemd/shoald.logrotate $(DESTDIR)/etc/logrotate.d/shoald
+	install -D -m 0755 tools/slurm/prolog.sh $(DESTDIR)$(PREFIX)/lib/shoal/slurm/prolog.sh
+	install -m 0755 tools/slurm/epilog.sh $(DESTDIR)$(PREFIX)/lib/shoal/slurm/epilog.sh
+	install -m 0644 tools/slurm/common.sh $(DESTDIR)$(PREFIX)/lib/shoal/slurm/common.sh
 	@getent group shoal >/dev/null || [ -n "$(DESTDIR)" ] || groupadd --system shoal || true
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/sbin/shoald $(DESTDIR)$(PREFIX)/bin/shoalctl
 	rm -f $(DESTDIR)/lib/systemd/system/shoald.service $(DESTDIR)/lib/systemd/system/shoal.slice
 	rm -f $(DESTDIR)/etc/logrotate.d/shoald
+	rm -rf $(DESTDIR)$(PREFIX)/lib/shoal/slurm
 	@echo "kept /etc/shoal (configuration, CA) and /var/lib/shoal (data)"
 
 clean:

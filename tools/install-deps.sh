@@ -11,10 +11,12 @@ build_pkgs=(
   g++ make pkg-config clang llvm bpftool libbpf-dev libelf-dev zlib1g-dev
   libuv1-dev libmbedtls-dev libhyperscan-dev libcjson-dev libyaml-dev
   libssl-dev libhttp-parser-dev libcmocka-dev openssl ca-certificates
+  dpkg-dev fakeroot
 )
 test_pkgs=(
   curl docker-registry skopeo golang-go golang-oras-oras-go-dev siftool nginx-light
   python3 iproute2 iptables systemd procps jq util-linux tinyproxy libclang-rt-14-dev
+  groff-base
 )
 bench_pkgs=(squid-openssl nginx-light wrk gnuplot-nox)
 

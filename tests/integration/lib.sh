@@ -363,6 +363,40 @@ start_fault_origin() {
   printf -v "${name}_PID" %s "$pid"
 }
 
+# start_tinyproxy NAME [USER PASS]: a site proxy for upstreamProxy tests:
+# tinyproxy in the foreground (-d) on 127.0.0.1 and a free port, allowing
+# CONNECT to the fixture's port, with BasicAuth USER PASS if given; its
+# config and log (LogLevel Connect: one "Request (file descriptor N):
+# CONNECT host:port HTTP/1.1" line per CONNECT) in $TEST_TMP. Sets
+# NAME_PORT, NAME_PID and NAME_LOG; stopped by PID at exit.
+start_tinyproxy() {
+  local name=$1 port pid conf=$TEST_TMP/$1.conf log=$TEST_TMP/$1.log
+  port=$(free_port)
+  {
+    echo "Port $port"
+    echo "Listen 127.0.0.1"
+    echo "Timeout 60"
+    echo "LogFile \"$log\""
+    echo "LogLevel Connect"
+    echo "MaxClients 64"
+    echo "ConnectPort ${SHOAL_TEST_PORT:-443}"
+    if [ $# -ge 3 ]; then echo "BasicAuth $2 $3"; fi
+  } >"$conf"
+  tinyproxy -d -c "$conf" >"$TEST_TMP/$name.out" 2>&1 &
+  pid=$!
+  on_exit stop_pid "$pid"
+  wait_port 127.0.0.1 "$port" 10 || { cat "$TEST_TMP/$name.out" >&2; fail "tinyproxy $name did not start"; }
+  printf -v "${name}_PORT" %s "$port"
+  printf -v "${name}_PID" %s "$pid"
+  printf -v "${name}_LOG" %s "$log"
+}
+
+# tinyproxy_connects LOG MARK HOSTPORT: how many CONNECTs to HOSTPORT the
+# tinyproxy log LOG gained since log_mark printed MARK.
+tinyproxy_connects() {
+  log_since "$1" "$2" | grep -cF "): CONNECT $3 HTTP/1" || true
+}
+
 # proxy_client ARGS...: runs tests/integration/proxy_client.py (raw and
 # multiplexed clients that curl cannot play; see its --help).
 proxy_client() { python3 "$SHOAL_ROOT/tests/integration/proxy_client.py" "$@"; }

@@ -40,11 +40,21 @@
 //                               # is every address, port N, as in Go)
 //   shutdown:
 //     grace: 30s                # how long running transfers may finish on stop
+//   watchdog:
+//     stallTimeout: 30s         # an event loop stuck this long makes shoald exit
+//                               # (hooks detach: fail-open; systemd restarts it); 0 = off
+//   privileges:
+//     dropCapabilities: true    # after start-up keep only the capabilities the
+//                               # transparent mode needs at run time (false: debugging)
 //   tls:
 //     trustStore: /etc/ssl/certs/ca-certificates.crt  # roots for origins
 //     leafCacheSize: 1024       # minted leaf certificates kept (LRU)
 //     fastRecords: true         # after mbedTLS's handshake, AES-GCM records
 //                               # through libcrypto (false: mbedTLS does all)
+//     sessionTickets: true      # hijacked clients may resume with a ticket
+//                               # (abbreviated handshake, no certificate)
+//     sessionTicketLifetime: 1h # a ticket resumes for this long; its key is
+//                               # replaced this often (1s to 7 days)
 //   timeouts:
 //     header: 30s               # a client's request head must arrive within this
 //     idle: 300s                # a connection silent this long is closed
@@ -57,6 +67,9 @@
 //     port: 65003               # transparent listener on 127.0.0.1 and ::1
 //     mark: 0x5348              # SO_MARK of Shoal's own sockets (never redirected)
 //     jobParent: shoal.jobs     # shoalctl run's job cgroups are made below this
+//   hijackHTTPS:                # beside Dragonfly's cert, key and hosts:
+//     nextCert: ""              # the next CA of a rotation: loaded and checked
+//     nextKey: ""               # like cert/key, never used to mint (both or neither)
 //   proxy:
 //     connectPorts: [443]       # ports CONNECT may reach; default 443 plus the
 //                               # registryMirror URL's port when that is not 443
@@ -81,6 +94,17 @@
 //     peerTimeout: 15s          # a peer silent this long is forgotten
 //     originConcurrency: 2      # peers fetching one piece from the origin (1-64)
 //     maxParents: 8             # parents offered in one answer (1-64)
+//   upstreamProxy:              # the site proxy; off unless url is given
+//     url: http://proxy.example.org:3128   # HTTP proxy (CONNECT); the port is required;
+//                               # http://user:pass@host:port carries credentials
+//     noProxy: []               # origins reached directly: "host" (and names below
+//                               # it), ".domain" (below it only), "*", IP addresses,
+//                               # networks (10.0.0.0/8, fd00::/8); ":port" optional
+//     credentialsFile: ""       # "user:password" for the proxy (Basic), mode 0600;
+//                               # re-read on reload; not together with URL credentials
+//   Every connection Shoal makes to an origin (hijacked requests, tunnels,
+//   task downloads, P2P origin pieces, credential checks) goes through the
+//   site proxy; peers and schedulers never do.
 //
 // Rates (uploadRate, stallRate) are bytes per second: a plain number, or a
 // number with a unit and an optional "/s": B, K/KB M/MB G/GB T/TB (powers of
@@ -701,10 +725,9 @@ constexpr Schema kMirror{kMirrorKeys};
 constexpr Key kHijackHostKeys[] = {
     {"regx", K::kStr, D}, {"insecure", K::kBool, D}, {"certs", K::kStrList, D}};
 constexpr Schema kHijackHost{kHijackHostKeys};
-constexpr Key kHijackKeys[] = {{"cert", K::kStr, D},
-                               {"key", K::kStr, D},
-                               {"hosts", K::kMapList, D, &kHijackHost},
-                               {"sni", K::kMapList, I, &kTcpListen}};
+constexpr Key kHijackKeys[] = {
+    {"cert", K::kStr, D},     {"key", K::kStr, D},     {"hosts", K::kMapList, D, &kHijackHost},
+    {"nextCert", K::kStr, S}, {"nextKey", K::kStr, S}, {"sni", K::kMapList, I, &kTcpListen}};
 constexpr Schema kHijack{kHijackKeys};
 constexpr Key kBasicAuthKeys[] = {{"username", K::kStr, D}, {"password", K::kStr, D}};
 constexpr Schema kBasicAuth{kBasicAuthKeys};
@@ -743,8 +766,15 @@ constexpr Key kMetricsKeys[] = {{"listen", K::kStr, S}};
 constexpr Schema kMetrics{kMetricsKeys};
 constexpr Key kShutdownKeys[] = {{"grace", K::kDur, S}};
 constexpr Schema kShutdown{kShutdownKeys};
-constexpr Key kTlsKeys[] = {
-    {"trustStore", K::kStr, S}, {"leafCacheSize", K::kInt, S}, {"fastRecords", K::kBool, S}};
+constexpr Key kWatchdogKeys[] = {{"stallTimeout", K::kDur, S}};
+constexpr Schema kWatchdog{kWatchdogKeys};
+constexpr Key kPrivilegesKeys[] = {{"dropCapabilities", K::kBool, S}};
+constexpr Schema kPrivileges{kPrivilegesKeys};
+constexpr Key kTlsKeys[] = {{"trustStore", K::kStr, S},
+                            {"leafCacheSize", K::kInt, S},
+                            {"fastRecords", K::kBool, S},
+                            {"sessionTickets", K::kBool, S},
+                            {"sessionTicketLifetime", K::kDur, S}};
 constexpr Schema kTls{kTlsKeys};
 constexpr Key kTimeoutsKeys[] = {{"header", K::kDur, S}, {"idle", K::kDur, S}, {"connect", K::kDur, S}};
 constexpr Schema kTimeouts{kTimeoutsKeys};
@@ -771,6 +801,9 @@ constexpr Key kSchedulerServerKeys[] = {{"listen", K::kStr, S},
                                         {"originConcurrency", K::kInt, S},
                                         {"maxParents", K::kInt, S}};
 constexpr Schema kSchedulerServer{kSchedulerServerKeys};
+constexpr Key kUpstreamProxyKeys[] = {
+    {"url", K::kStr, S}, {"noProxy", K::kStrList, S}, {"credentialsFile", K::kStr, S}};
+constexpr Schema kUpstreamProxy{kUpstreamProxyKeys};
 
 constexpr Key kTopKeys[] = {
     // Dragonfly's base options.
@@ -818,11 +851,14 @@ constexpr Key kTopKeys[] = {
     {"log", K::kMap, S, &kLog},
     {"admin", K::kMap, S, &kAdmin},
     {"shutdown", K::kMap, S, &kShutdown},
+    {"watchdog", K::kMap, S, &kWatchdog},
+    {"privileges", K::kMap, S, &kPrivileges},
     {"tls", K::kMap, S, &kTls},
     {"timeouts", K::kMap, S, &kTimeouts},
     {"transparent", K::kMap, S, &kTransparent},
     {"p2p", K::kMap, S, &kP2p},
     {"schedulerServer", K::kMap, S, &kSchedulerServer},
+    {"upstreamProxy", K::kMap, S, &kUpstreamProxy},
 };
 constexpr Schema kTop{kTopKeys};
 
@@ -1350,6 +1386,27 @@ class Validator {
     r.certs = paths_of(find(m, "certs"), join(path, "certs"));
   }
 
+  // hijackHTTPS.nextCert/nextKey: both or neither, and only beside cert/key
+  // (extract_hijack calls this once those are known to be there).
+  void extract_next_ca(const Node* m, const std::string& path, Config* c) {
+    const Found cert = find(m, "nextCert"), key = find(m, "nextKey");
+    if (misshapen(cert) || misshapen(key)) return;
+    const std::string cs = str_of(cert).value_or(""), ks = str_of(key).value_or("");
+    if (cs.empty() && ks.empty()) return;
+    if (cs.empty()) {
+      error(*key.key, join(path, "nextKey"), "nextKey is given without nextCert");
+      return;
+    }
+    if (ks.empty()) {
+      error(*cert.key, join(path, "nextCert"), "nextCert is given without nextKey");
+      return;
+    }
+    c->ca_next_cert = resolve(*cert.value, cs);
+    c->ca_next_key = resolve(*key.value, ks);
+    c->ca_next_cert_at = origin(*cert.value, join(path, "nextCert"));
+    c->ca_next_key_at = origin(*key.value, join(path, "nextKey"));
+  }
+
   void extract_hijack(const Found& f, const std::string& path, Config* c) {
     const Node* m = map_of(f);
     if (!m) return;
@@ -1382,6 +1439,8 @@ class Validator {
       if (!c->hijack_hosts.empty())
         error(*hosts.key, join(path, "hosts"),
               "hijacking hosts needs cert and key (the CA that signs the minted certificates)");
+      if (const Found next = find(m, "nextCert"); next.key && str_of(next).value_or("") != "")
+        error(*next.key, join(path, "nextCert"), "a next CA needs the current one (cert and key) beside it");
       return;
     }
     if (cs.empty()) {
@@ -1399,6 +1458,7 @@ class Validator {
     c->ca_key_line = key.value->line;
     c->ca_cert_at = origin(*cert.value, join(path, "cert"));
     c->ca_key_at = origin(*key.value, join(path, "key"));
+    extract_next_ca(m, path, c);
     if (c->hijack_hosts.empty())
       warn(*f.key, path, "cert and key are given but no hosts: nothing is hijacked");
   }
@@ -1610,6 +1670,51 @@ class Validator {
     set_count(find(sm, "maxParents"), "schedulerServer.maxParents", 1, 64, &c->scheduler_max_parents);
   }
 
+  // upstreamProxy: the URL (credentials in it are never repeated in a
+  // message), the noProxy entries, the credentials file (read by
+  // check_resources and at each runtime build, not here).
+  void extract_upstream_proxy(const Found& up, Config* c) {
+    const Node* m = map_of(up);
+    if (!m) return;
+    UpstreamProxy& p = c->upstream_proxy;
+    const Found url = find(m, "url");
+    if (auto s = str_of(url); s && !s->empty()) {
+      std::string why;
+      if (parse_proxy_url(*s, &p, &why))
+        p.enabled = true;
+      else
+        error(*url.value, "upstreamProxy.url", why);  // the value may hold a password: not quoted
+    }
+    if (const Node* l = list_of(find(m, "noProxy"))) {
+      for (size_t i = 0; i < l->kids.size(); ++i) {
+        const Node& item = l->kids[i];
+        if (item.type != Node::Type::kScalar) continue;  // reported by the walk
+        NoProxyEntry e;
+        std::string why;
+        if (parse_no_proxy_entry(item.text, &e, &why))
+          p.no_proxy.push_back(std::move(e));
+        else
+          error(item, at_index("upstreamProxy.noProxy", i), why + ", got " + describe(item));
+      }
+    }
+    const Found cred = find(m, "credentialsFile");
+    set_file(cred, &p.credentials_file);
+    if (!p.credentials_file.empty()) {
+      c->upstream_proxy_credentials_at = origin(*cred.value, "upstreamProxy.credentialsFile");
+      if (!p.user.empty())
+        error(*cred.value, "upstreamProxy.credentialsFile",
+              "the url already carries credentials; give them in one place (the file keeps them out of "
+              "the config)");
+    }
+    // An empty url turns the proxy off (a templated file may leave it so);
+    // the other keys then do nothing, which deserves a word.
+    const bool no_url = !url.value || url.value->type == Node::Type::kNull ||
+                        (url.value->type == Node::Type::kScalar && url.value->text.empty());
+    if (no_url && (!p.no_proxy.empty() || !p.credentials_file.empty()))
+      warn(url.key ? url.at() : *up.key, "upstreamProxy.url",
+           "no proxy URL: noProxy and credentialsFile have no effect");
+  }
+
   void extract_connect_ports(const Node* pm, Config* c) {
     const Found f = find(pm, "connectPorts");
     if (const Node* l = list_of(f)) {
@@ -1701,6 +1806,10 @@ class Validator {
     }
 
     set_duration(find(map_of(find(top, "shutdown")), "grace"), "shutdown.grace", true, &c->shutdown_grace_s);
+    set_duration(find(map_of(find(top, "watchdog")), "stallTimeout"), "watchdog.stallTimeout", true,
+                 &c->watchdog_stall_s);
+    if (auto v = bool_of(find(map_of(find(top, "privileges")), "dropCapabilities")))
+      c->drop_capabilities = *v;
 
     const Node* tls = map_of(find(top, "tls"));
     const Found store = find(tls, "trustStore");
@@ -1712,10 +1821,19 @@ class Validator {
         c->leaf_cache_size = static_cast<uint32_t>(*v);
     }
     if (auto v = bool_of(find(tls, "fastRecords"))) c->tls_fast_records = *v;
+    if (auto v = bool_of(find(tls, "sessionTickets"))) c->tls_session_tickets = *v;
+    if (const Found f = find(tls, "sessionTicketLifetime"); auto v = dur_of(f)) {
+      // mbedTLS keeps whole seconds.
+      if (*v < 1 || *v > 7 * 24 * 3600)
+        error(*f.value, "tls.sessionTicketLifetime", "must be 1s to 7 days (168h)");
+      else
+        c->tls_ticket_lifetime_s = std::floor(*v);
+    }
 
     extract_transparent(map_of(find(top, "transparent")), c);
     extract_p2p(find(top, "p2p"), c);
     extract_scheduler_server(map_of(find(top, "schedulerServer")), c);
+    extract_upstream_proxy(find(top, "upstreamProxy"), c);
 
     const Node* t = map_of(find(top, "timeouts"));
     set_duration(find(t, "header"), "timeouts.header", false, &c->header_timeout_s);
@@ -1818,7 +1936,10 @@ std::shared_ptr<Config> validate(const Doc& doc, std::vector<Diag>* diags) {
 // Loading
 
 bool read_text_file(const std::string& path, std::string* out, std::string* why) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO (or a tty) by mistake must fail below as
+  // "not a regular file", not hang shoald's start or reload waiting for a
+  // writer. It changes nothing for reads of a regular file.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     *why = std::strerror(errno);
     return false;

@@ -10,15 +10,21 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <map>
 #include <memory>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "interception.h"
+#include "privileges.h"
 #include "shoal/obs/log.h"
 #include "shoal/obs/metrics.h"
 #include "shoal/p2p/auth.h"
@@ -26,6 +32,7 @@
 #include "shoal/proxy/runtime.h"
 #include "shoal/proxy/worker.h"
 #include "shoal/task/store.h"
+#include "watchdog.h"
 
 namespace shoal::daemon {
 
@@ -102,6 +109,46 @@ using obs::log_error;
 using obs::log_info;
 using obs::log_warn;
 
+// The CA's subject, NotAfter and name constraints, for the log and status.
+struct CaFacts {
+  std::string subject, not_after, constraints;
+};
+CaFacts ca_facts(const tls::CertAuthority& ca) {
+  CaFacts f;
+  char buf[512];
+  if (mbedtls_x509_dn_gets(buf, sizeof buf, &ca.cert().subject) > 0) f.subject = buf;
+  const mbedtls_x509_time& t = ca.cert().valid_to;
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02dZ", t.year, t.mon, t.day, t.hour, t.min,
+                t.sec);
+  f.not_after = buf;
+  f.constraints = ca.name_constraints().describe();
+  return f;
+}
+
+// One line per CA at start and reload, so an admin rotating CAs sees which
+// one mints and which is staged, and what each may vouch for.
+void log_site_cas(const proxy::Runtime& rt) {
+  auto line = [](const char* msg, const tls::CertAuthority& ca, const std::string& path) {
+    CaFacts f = ca_facts(ca);
+    log_info(msg)
+        .str("cert", path)
+        .str("subject", f.subject)
+        .str("not_after", f.not_after)
+        .str("name_constraints", f.constraints);
+  };
+  if (rt.ca) line("site CA: mints the leaves", *rt.ca, rt.cfg->ca_cert);
+  if (rt.next_ca) line("next site CA: staged for rotation, not minting", *rt.next_ca, rt.cfg->ca_next_cert);
+}
+
+void add_ca_json(cJSON* o, const char* key, const tls::CertAuthority& ca, const std::string& path) {
+  CaFacts f = ca_facts(ca);
+  cJSON* c = cJSON_AddObjectToObject(o, key);
+  cJSON_AddStringToObject(c, "cert", path.c_str());
+  cJSON_AddStringToObject(c, "subject", f.subject.c_str());
+  cJSON_AddStringToObject(c, "not_after", f.not_after.c_str());
+  cJSON_AddStringToObject(c, "name_constraints", f.constraints.c_str());
+}
+
 std::string endpoint_str(const config::Endpoint& e) {
   return e.addr.find(':') != std::string::npos ? "[" + e.addr + "]:" + std::to_string(e.port)
                                                : e.addr + ":" + std::to_string(e.port);
@@ -152,6 +199,7 @@ struct AdminConn {
   uv_write_t wr{};
   bool answered = false;
   bool denied = false;  // the caller is neither root nor in the admin group
+  double freeze_s = 0;  // debug hook: block the control loop this long once answered
   int pid = 0;          // the caller, from SO_PEERCRED
   unsigned uid = 0;
 };
@@ -179,6 +227,13 @@ class Daemon {
   void finish();
   std::string status_json();
   void admin_request(AdminConn* c);
+  // Writes c->out (plus a newline) and closes the connection.
+  void admin_send(AdminConn* c);
+  // `shoalctl client-info` (any local user), `tasks`, `gc` (answered when
+  // the GC run it joins finishes).
+  std::string client_info_json();
+  std::string tasks_json();
+  void admin_gc(AdminConn* c);
   void metrics_request(MetricsConn* c);
 
   static void on_signal(uv_signal_t* s, int signum);
@@ -197,6 +252,19 @@ class Daemon {
   int setup_p2p(int index, std::string* err);
   void stop_p2p();
   Interception icpt_;
+  // The end of start-up: capabilities reduced to what the transparent mode
+  // needs (privileges.h), then every loop watched (watchdog.h). The debug
+  // hook (SHOAL_DEBUG_HOOKS=1 in the environment at start, never a config
+  // key) lets `debug-freeze-loop` block a loop, for the watchdog's test.
+  int drop_privileges(std::string* err);
+  void start_watchdog();
+  bool debug_freeze(const cJSON* req, AdminConn* c, cJSON* out);
+  Watchdog watchdog_;
+  uv_async_t wd_async_{};
+  bool wd_async_open_ = false;
+  size_t wd_main_ = 0;
+  bool debug_hooks_ = false;
+  std::string caps_kept_ = "all (privileges.dropCapabilities: false)";
   bool transparent_v6_ = false;
   uv_signal_t sig_hup_{}, sig_usr1_{}, sig_term_{}, sig_int_{};
   uv_pipe_t admin_{};
@@ -204,6 +272,8 @@ class Daemon {
   uv_timer_t stop_timer_{};
   uv_timer_t gc_timer_{};
   bool gc_running_ = false;
+  // `shoalctl gc` callers waiting for the next GC run to finish.
+  std::vector<AdminConn*> gc_waiters_;
   void start_gc();
   bool admin_open_ = false, metrics_open_ = false, stopping_ = false, aborted_ = false, finished_ = false;
   uint64_t start_ms_ = 0, stop_began_ms_ = 0;
@@ -280,6 +350,7 @@ int Daemon::setup(std::string* err) {
   obs::log_set_stderr_copy(true);
   for (const auto& d : lr.diags) log_warn("configuration").str("diag", d.str());
   shared_.set_runtime(rt);
+  log_site_cas(*rt);
   shared_.peer_id = make_peer_id();
   {
     // The task store: without it Shoal still proxies, it just stores nothing.
@@ -364,8 +435,11 @@ int Daemon::setup(std::string* err) {
         &gc_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->start_gc(); }, 0, 60 * 1000);
   }
 
+  // Before any loop thread exists: they inherit the reduced sets.
+  if (int r = drop_privileges(err); r != 0) return r;
   for (auto& w : workers_) w->start();
   if (p2p_worker_) p2p_worker_->start();
+  start_watchdog();
   log_info("shoald started")
       .str("version", SHOAL_VERSION)
       .str("config", cfg_->source)
@@ -386,7 +460,105 @@ int Daemon::setup(std::string* err) {
           endpoint_str(cfg_->metrics_listen).c_str(), cfg_->admin_socket.c_str(), n,
           cfg_->hijack ? "TLS interception on" : "TLS interception off (no hijackHTTPS CA)",
           obs::log_path().c_str());
+  sd_notify("READY=1\nSTATUS=proxy " + endpoint_str(proxy_ep_) + ", " + transparent + ", " +
+            std::to_string(n) + " workers");
   return 0;
+}
+
+// --- Privileges and watchdog ---------------------------------------------------
+
+int Daemon::drop_privileges(std::string* err) {
+  if (cfg_->hijack) {
+    std::string w = ca_key_owner_warning(cfg_->ca_key);
+    if (!w.empty()) log_warn("CA key readable by another user").str("warning", w);
+  }
+  const char* dbg = std::getenv("SHOAL_DEBUG_HOOKS");
+  debug_hooks_ = dbg != nullptr && std::string(dbg) == "1";
+  if (debug_hooks_) log_warn("debug hooks on (SHOAL_DEBUG_HOOKS=1): admins may freeze event loops");
+  if (!cfg_->drop_capabilities) {
+    log_warn("privileges.dropCapabilities is false: shoald keeps every capability it started with");
+    return 0;
+  }
+  CapSet kept = 0;
+  // Capabilities belong to threads. The log writer already runs: stop it,
+  // drop, and start it again so that it inherits the reduced sets. Lines
+  // logged in between go to stderr.
+  obs::log_close();
+  bool ok = drop_capabilities(kept_capabilities(icpt_.mode()), &kept, err);
+  std::string lerr;
+  if (!obs::log_open(cfg_->log_dir, &lerr)) {
+    *err = ok ? lerr : *err;
+    return 1;
+  }
+  if (!ok) {
+    *err = "cannot drop capabilities (privileges.dropCapabilities: false turns this off): " + *err;
+    return 1;
+  }
+  if (!verify_all_threads(kept, err)) {
+    *err = "capabilities were not dropped in every thread: " + *err;
+    return 1;
+  }
+  caps_kept_ = cap_names(kept);
+  log_info("capabilities dropped").str("transparent", icpt_.mode()).str("kept", caps_kept_);
+  return 0;
+}
+
+void Daemon::start_watchdog() {
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    proxy::Worker* w = workers_[i].get();
+    size_t idx = watchdog_.names().size();
+    watchdog_.add_loop("worker-" + std::to_string(i),
+                       [this, w, idx] { w->post([this, idx] { watchdog_.beat(idx); }); });
+  }
+  if (p2p_worker_) {
+    proxy::Worker* w = p2p_worker_.get();
+    size_t idx = watchdog_.names().size();
+    watchdog_.add_loop("p2p", [this, w, idx] { w->post([this, idx] { watchdog_.beat(idx); }); });
+  }
+  // The control loop answers through an async handle; unreferenced, so it
+  // never keeps the loop alive at stop. finish() stops the watchdog before
+  // closing it.
+  uv_async_init(&loop_, &wd_async_, [](uv_async_t* a) {
+    auto* d = static_cast<Daemon*>(a->data);
+    d->watchdog_.beat(d->wd_main_);
+  });
+  wd_async_.data = this;
+  wd_async_open_ = true;
+  uv_unref(reinterpret_cast<uv_handle_t*>(&wd_async_));
+  wd_main_ = watchdog_.add_loop("main", [this] { uv_async_send(&wd_async_); });
+  watchdog_.start(cfg_->watchdog_stall_s);
+}
+
+bool Daemon::debug_freeze(const cJSON* req, AdminConn* c, cJSON* out) {
+  const cJSON* l = cJSON_GetObjectItemCaseSensitive(req, "loop");
+  const cJSON* sec = cJSON_GetObjectItemCaseSensitive(req, "seconds");
+  std::string loop = cJSON_IsString(l) ? l->valuestring : "";
+  double s = cJSON_IsNumber(sec) ? sec->valuedouble : 0;
+  if (!debug_hooks_) {
+    cJSON_AddStringToObject(out, "error", "debug hooks are off (start shoald with SHOAL_DEBUG_HOOKS=1)");
+    return false;
+  }
+  if (!(s > 0 && s <= 3600)) {
+    cJSON_AddStringToObject(out, "error", "seconds must be more than 0 and at most 3600");
+    return false;
+  }
+  proxy::Worker* w = nullptr;
+  if (loop == "p2p") w = p2p_worker_.get();
+  for (size_t i = 0; i < workers_.size(); ++i)
+    if (loop == "worker-" + std::to_string(i)) w = workers_[i].get();
+  if (w == nullptr && loop != "main") {
+    std::string names;
+    for (const auto& n : watchdog_.names()) names += (names.empty() ? "" : ", ") + n;
+    cJSON_AddStringToObject(out, "error", ("no loop " + loop + "; loops: " + names).c_str());
+    return false;
+  }
+  log_warn("debug hook: freezing an event loop").str("loop", loop).dbl("seconds", s);
+  if (w != nullptr)
+    w->post([s] { std::this_thread::sleep_for(std::chrono::duration<double>(s)); });
+  else
+    c->freeze_s = s;
+  cJSON_AddStringToObject(out, "loop", loop.c_str());
+  return true;
 }
 
 // --- P2P ----------------------------------------------------------------------
@@ -603,12 +775,21 @@ void Daemon::admin_request(AdminConn* c) {
   };
   // `shoalctl run` is for every local user (the daemon moves the caller,
   // found by SO_PEERCRED, and nothing else); the rest is for the admins.
-  bool open_to_all = name == "run";
+  // `client-info` tells get and preheat where the proxy and the site CA
+  // are, which every user of the proxy may know.
+  bool open_to_all = name == "run" || name == "client-info";
+  bool deferred = false;
   if (c->denied && !open_to_all) {
     log_warn("admin command refused").str("cmd", name).num("uid", c->uid);
     c->out = "{\"ok\":false,\"error\":\"permission denied: root or the admin group only\"}";
   } else if (name == "status") {
     c->out = status_json();
+  } else if (name == "client-info") {
+    c->out = client_info_json();
+  } else if (name == "tasks") {
+    c->out = tasks_json();
+  } else if (name == "gc") {
+    deferred = true;
   } else if (name == "reload") {
     reload();
     c->out = "{\"ok\":true}";
@@ -623,6 +804,9 @@ void Daemon::admin_request(AdminConn* c) {
   } else if (name == "run") {
     cJSON* o = cJSON_CreateObject();
     answer(c->pid > 0 && icpt_.run(c->pid, c->uid, job_name, o), o);
+  } else if (name == "debug-freeze-loop") {
+    cJSON* o = cJSON_CreateObject();
+    answer(debug_freeze(req, c, o), o);
   } else if (name == "cleanup") {
     cJSON* o = cJSON_CreateObject();
     answer(icpt_.cleanup(o), o);
@@ -636,11 +820,19 @@ void Daemon::admin_request(AdminConn* c) {
     cJSON_Delete(o);
   }
   cJSON_Delete(req);
+  if (deferred)
+    admin_gc(c);
+  else
+    admin_send(c);
+}
+
+void Daemon::admin_send(AdminConn* c) {
   c->out += "\n";
   uv_buf_t b = uv_buf_init(c->out.data(), static_cast<unsigned>(c->out.size()));
   c->wr.data = c;
   uv_write(&c->wr, reinterpret_cast<uv_stream_t*>(&c->pipe), &b, 1, [](uv_write_t* w, int) {
     auto* cc = static_cast<AdminConn*>(w->data);
+    if (cc->freeze_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(cc->freeze_s));
     uv_close(reinterpret_cast<uv_handle_t*>(&cc->pipe),
              [](uv_handle_t* h) { delete static_cast<AdminConn*>(h->data); });
   });
@@ -659,10 +851,22 @@ std::string Daemon::status_json() {
       o, "mode", icpt_.active() ? ("explicit+transparent (" + icpt_.mode() + ")").c_str() : "explicit");
   icpt_.status(o);
   cJSON_AddBoolToObject(o, "stopping", stopping_);
+  cJSON_AddStringToObject(o, "capabilities", caps_kept_.c_str());
   cJSON_AddNumberToObject(o, "workers", static_cast<double>(workers_.size()));
   cJSON_AddBoolToObject(o, "hijack", rt->ca != nullptr);
   cJSON_AddNumberToObject(o, "rules", static_cast<double>(rt->cfg->rules.size()));
   cJSON_AddNumberToObject(o, "hijack_hosts", static_cast<double>(rt->cfg->hijack_hosts.size()));
+  if (rt->cfg->hijack) cJSON_AddStringToObject(o, "hijack_cert", rt->cfg->ca_cert.c_str());
+  if (rt->ca) add_ca_json(o, "ca", *rt->ca, rt->cfg->ca_cert);
+  if (rt->next_ca) add_ca_json(o, "next_ca", *rt->next_ca, rt->cfg->ca_next_cert);
+  if (shared_.engine) {
+    task::Store& st = shared_.engine->store();
+    cJSON* so = cJSON_AddObjectToObject(o, "store");
+    cJSON_AddStringToObject(so, "dir", st.dir().c_str());
+    cJSON_AddNumberToObject(so, "tasks", static_cast<double>(st.task_count()));
+    cJSON_AddNumberToObject(so, "bytes", static_cast<double>(st.total_bytes()));
+    cJSON_AddNumberToObject(so, "active", static_cast<double>(shared_.engine->active()));
+  }
   cJSON* ls = cJSON_AddArrayToObject(o, "listeners");
   auto add_l = [&](const char* kind, const std::string& addr) {
     cJSON* l = cJSON_CreateObject();
@@ -701,6 +905,107 @@ std::string Daemon::status_json() {
   cJSON_free(t);
   cJSON_Delete(o);
   return s;
+}
+
+std::string Daemon::client_info_json() {
+  auto rt = shared_.runtime();
+  cJSON* o = cJSON_CreateObject();
+  cJSON_AddBoolToObject(o, "ok", true);
+  cJSON_AddStringToObject(o, "version", SHOAL_VERSION);
+  cJSON_AddStringToObject(o, "proxy", endpoint_str(proxy_ep_).c_str());
+  cJSON_AddBoolToObject(o, "hijack", rt->ca != nullptr);
+  if (rt->cfg->hijack) cJSON_AddStringToObject(o, "hijack_cert", rt->cfg->ca_cert.c_str());
+  char* t = cJSON_PrintUnformatted(o);
+  std::string s = t;
+  cJSON_free(t);
+  cJSON_Delete(o);
+  return s;
+}
+
+// Downloads in flight (from the task table) and the stored tasks (the
+// store's in-memory index), newest first, with bytes by source where this
+// daemon saw them arrive.
+std::string Daemon::tasks_json() {
+  cJSON* o = cJSON_CreateObject();
+  if (!shared_.engine) {
+    cJSON_AddBoolToObject(o, "ok", false);
+    cJSON_AddStringToObject(o, "error", "the task store is unavailable (see the daemon's log)");
+  } else {
+    task::Engine& eng = *shared_.engine;
+    auto rt = shared_.runtime();
+    double now = static_cast<double>(time(nullptr));
+    cJSON_AddBoolToObject(o, "ok", true);
+    cJSON_AddNumberToObject(o, "now", now);
+    cJSON* act = cJSON_AddArrayToObject(o, "active");
+    for (const auto& t : eng.active_tasks()) {
+      task::ActiveTask::View v = t->view();
+      const char* state = v.phase == task::ActiveTask::Phase::Starting ? "starting"
+                          : v.phase == task::ActiveTask::Phase::Streaming
+                              ? (v.verified ? "verified" : "downloading")
+                          : v.phase == task::ActiveTask::Phase::Complete ? "complete"
+                                                                         : "failed";
+      cJSON* e = cJSON_CreateObject();
+      cJSON_AddStringToObject(e, "id", t->id().c_str());
+      cJSON_AddStringToObject(e, "url", t->url().c_str());
+      cJSON_AddStringToObject(e, "state", state);
+      cJSON_AddNumberToObject(e, "size", static_cast<double>(v.length));
+      cJSON_AddNumberToObject(e, "done", static_cast<double>(v.stored));
+      cJSON_AddNumberToObject(e, "bytes_origin", static_cast<double>(v.bytes_origin));
+      cJSON_AddNumberToObject(e, "bytes_peer", static_cast<double>(v.bytes_peer));
+      cJSON_AddNumberToObject(e, "started", static_cast<double>(t->started()));
+      cJSON_AddNumberToObject(e, "age_s", now - static_cast<double>(t->started()));
+      if (!v.failure.empty()) cJSON_AddStringToObject(e, "failure", v.failure.c_str());
+      cJSON_AddItemToArray(act, e);
+    }
+    std::vector<task::TaskSummary> metas = eng.store().summaries();
+    cJSON* sto = cJSON_AddArrayToObject(o, "stored");
+    for (const auto& m : metas) {
+      cJSON* e = cJSON_CreateObject();
+      cJSON_AddStringToObject(e, "id", m.id.c_str());
+      cJSON_AddStringToObject(e, "url", m.url.c_str());
+      if (!m.digest.empty()) cJSON_AddStringToObject(e, "digest", m.digest.c_str());
+      cJSON_AddNumberToObject(e, "size", static_cast<double>(m.length));
+      cJSON_AddNumberToObject(e, "created", static_cast<double>(m.created));
+      cJSON_AddNumberToObject(e, "last_access", static_cast<double>(m.last_access));
+      cJSON_AddNumberToObject(e, "age_s", now - static_cast<double>(m.created));
+      cJSON_AddNumberToObject(e, "serving", m.pins);
+      task::Engine::Sources src;
+      if (eng.sources(m.id, &src)) {
+        if (src.fetched) {
+          cJSON_AddNumberToObject(e, "bytes_origin", static_cast<double>(src.origin));
+          cJSON_AddNumberToObject(e, "bytes_peer", static_cast<double>(src.peer));
+        }
+        cJSON_AddNumberToObject(e, "bytes_reuse", static_cast<double>(src.reuse_bytes));
+        cJSON_AddNumberToObject(e, "reuse_count", static_cast<double>(src.reuse_count));
+      }
+      cJSON_AddItemToArray(sto, e);
+    }
+    cJSON* so = cJSON_AddObjectToObject(o, "store");
+    cJSON_AddStringToObject(so, "dir", eng.store().dir().c_str());
+    cJSON_AddNumberToObject(so, "tasks", static_cast<double>(metas.size()));
+    cJSON_AddNumberToObject(so, "bytes", static_cast<double>(eng.store().total_bytes()));
+    cJSON_AddNumberToObject(so, "quota", static_cast<double>(rt->cfg->disk_quota_bytes));
+    cJSON_AddNumberToObject(so, "expire_s", rt->cfg->task_expire_s);
+  }
+  char* t = cJSON_PrintUnformatted(o);
+  std::string s = t;
+  cJSON_free(t);
+  cJSON_Delete(o);
+  return s;
+}
+
+// Joins the next GC run (starting one unless one runs: then the run after
+// it, so that the caller sees a GC that began after it asked).
+void Daemon::admin_gc(AdminConn* c) {
+  if (!shared_.engine || stopping_) {
+    c->out = shared_.engine
+                 ? "{\"ok\":false,\"error\":\"shoald is stopping\"}"
+                 : "{\"ok\":false,\"error\":\"the task store is unavailable (see the daemon's log)\"}";
+    admin_send(c);
+    return;
+  }
+  gc_waiters_.push_back(c);
+  start_gc();
 }
 
 // --- Metrics endpoint ------------------------------------------------------------
@@ -837,6 +1142,7 @@ void Daemon::reload() {
   obs::Level lvl;
   if (obs::parse_level(n.log_level, &lvl)) obs::log_set_level(lvl);
   shared_.set_runtime(rt);
+  log_site_cas(*rt);
   log_info("configuration reloaded").num("generation", static_cast<int64_t>(generation_));
 }
 
@@ -852,6 +1158,10 @@ void Daemon::begin_stop(const char* why) {
   }
   stopping_ = true;
   stop_began_ms_ = uv_now(&loop_);
+  // Loops end one by one from here: none may look stalled. A stop that
+  // hangs is systemd's TimeoutStopSec's to catch.
+  watchdog_.stop();
+  sd_notify("STOPPING=1");
   size_t active = 0;
   for (auto& w : workers_) active += w->conn_count();
   log_info("stopping")
@@ -865,7 +1175,15 @@ void Daemon::begin_stop(const char* why) {
 
 // Store GC runs in the thread pool (it deletes files); one at a time.
 void Daemon::start_gc() {
-  if (gc_running_ || stopping_ || !shared_.engine) return;
+  if (stopping_ || !shared_.engine) {
+    for (AdminConn* c : gc_waiters_) {
+      c->out = "{\"ok\":false,\"error\":\"shoald is stopping\"}";
+      admin_send(c);
+    }
+    gc_waiters_.clear();
+    return;
+  }
+  if (gc_running_) return;
   struct Job {
     uv_work_t req{};
     Daemon* d;
@@ -873,6 +1191,10 @@ void Daemon::start_gc() {
     int64_t expire;
     task::GcResult result;
     uint64_t bytes = 0, tasks = 0;
+    // `shoalctl gc` callers this run answers, and what they are told about
+    // the removed tasks (their metadata, taken before the run).
+    std::vector<AdminConn*> waiters;
+    std::map<std::string, task::TaskSummary> before;
   };
   auto rt = shared_.runtime();
   auto* j = new Job{};
@@ -880,12 +1202,16 @@ void Daemon::start_gc() {
   j->d = this;
   j->quota = rt->cfg->disk_quota_bytes;
   j->expire = static_cast<int64_t>(rt->cfg->task_expire_s);
+  j->waiters = std::move(gc_waiters_);
+  gc_waiters_.clear();
   gc_running_ = true;
   int r = uv_queue_work(
       &loop_, &j->req,
       [](uv_work_t* req) {
         auto* jj = static_cast<Job*>(req->data);
         task::Store& st = jj->d->shared_.engine->store();
+        if (!jj->waiters.empty())
+          for (auto& m : st.summaries()) jj->before.emplace(m.id, std::move(m));
         jj->result = st.gc(jj->quota, jj->expire, static_cast<int64_t>(time(nullptr)));
         jj->bytes = st.total_bytes();
         jj->tasks = st.task_count();
@@ -907,10 +1233,44 @@ void Daemon::start_gc() {
               .num("freed_bytes", static_cast<int64_t>(jj->result.bytes))
               .num("store_bytes", static_cast<int64_t>(jj->bytes));
         }
+        Daemon* d = jj->d;
+        for (const auto& id : jj->result.ids) d->shared_.engine->forget(id);
+        if (!jj->waiters.empty()) {
+          cJSON* o = cJSON_CreateObject();
+          cJSON_AddBoolToObject(o, "ok", true);
+          cJSON* rm = cJSON_AddArrayToObject(o, "removed");
+          for (const auto& id : jj->result.ids) {
+            cJSON* e = cJSON_CreateObject();
+            cJSON_AddStringToObject(e, "id", id.c_str());
+            auto it = jj->before.find(id);
+            if (it != jj->before.end()) {
+              cJSON_AddStringToObject(e, "url", it->second.url.c_str());
+              cJSON_AddNumberToObject(e, "size", static_cast<double>(it->second.length));
+              cJSON_AddNumberToObject(e, "last_access", static_cast<double>(it->second.last_access));
+            }
+            cJSON_AddItemToArray(rm, e);
+          }
+          cJSON_AddNumberToObject(o, "freed_bytes", static_cast<double>(jj->result.bytes));
+          cJSON_AddNumberToObject(o, "store_bytes", static_cast<double>(jj->bytes));
+          cJSON_AddNumberToObject(o, "store_tasks", static_cast<double>(jj->tasks));
+          char* t = cJSON_PrintUnformatted(o);
+          for (AdminConn* c : jj->waiters) {
+            c->out = t;
+            d->admin_send(c);
+          }
+          cJSON_free(t);
+          cJSON_Delete(o);
+        }
         delete jj;
+        // Callers that asked while this run was going get one of their own.
+        if (!d->gc_waiters_.empty()) d->start_gc();
       });
   if (r != 0) {
     gc_running_ = false;
+    for (AdminConn* c : j->waiters) {
+      c->out = std::string("{\"ok\":false,\"error\":\"cannot queue the GC: ") + uv_strerror(r) + "\"}";
+      admin_send(c);
+    }
     delete j;
   }
 }
@@ -937,6 +1297,8 @@ void Daemon::finish() {
   // Clients are gone: downloads still running are given up, uploads to
   // other peers cut (they switch parent), the schedulers told we leave.
   stop_p2p();
+  watchdog_.stop();  // before the handle it pokes goes
+  if (wd_async_open_) uv_close(reinterpret_cast<uv_handle_t*>(&wd_async_), nullptr);
   uv_timer_stop(&stop_timer_);
   uv_close(reinterpret_cast<uv_handle_t*>(&stop_timer_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&gc_timer_), nullptr);

@@ -40,6 +40,11 @@ struct Metrics {
   obs::Counter& tls_up_fail = obs::metrics().counter(
       "shoal_tls_handshake_failures_total", "TLS handshakes that failed, by side", "side=\"origin\"");
   obs::Counter& mints = obs::metrics().counter("shoal_leaf_mints_total", "Leaf certificates minted");
+  obs::Counter& hs_full = obs::metrics().counter(
+      "shoal_tls_handshakes_total", "Hijacked clients' TLS handshakes completed, by kind", "kind=\"full\"");
+  obs::Counter& hs_resumed =
+      obs::metrics().counter("shoal_tls_handshakes_total",
+                             "Hijacked clients' TLS handshakes completed, by kind", "kind=\"resumed\"");
   obs::Counter& transparent = obs::metrics().counter(
       "shoal_transparent_connections_total", "Connections accepted on the transparent listener, by outcome",
       "result=\"redirected\"");
@@ -151,6 +156,7 @@ struct Conn::ResponseHandler : http::Handler {
       ex.up_keep_alive = head.keep_alive;
       return 0;
     }
+    if (ex.tee && ex.tee_resume) return conn->tee_resume_head(head);
     if (ex.tee) {
       const std::string* loc = head.find("Location");
       bool redirect = head.status == 301 || head.status == 302 || head.status == 303 || head.status == 307 ||
@@ -591,7 +597,9 @@ void Conn::handle_connect_target() {
     respond_error(403, "CONNECT to port " + std::to_string(port) + " is not allowed (proxy.connectPorts)");
     return;
   }
-  if (rt_->hijack_index(connect_host_, port, scratch) >= 0) {
+  // A host outside the CA's name constraints is tunnelled: clients would
+  // reject any leaf Shoal minted for it (may_mint_for logs why, once).
+  if (rt_->hijack_index(connect_host_, port, scratch) >= 0 && rt_->may_mint_for(connect_host_)) {
     hijacked_ = true;
     connect_status_ = 200;
     m().req_hijack.inc();
@@ -623,9 +631,13 @@ void Conn::try_peek() {
     transparent_splice(st == tls::PeekStatus::NotTls ? "not TLS" : "not a ClientHello Shoal can read");
     return;
   }
-  if (st == tls::PeekStatus::NotTls) {
-    // Plain bytes through a CONNECT to a hijacked host: nothing to decrypt,
-    // so pass them through untouched.
+  // The CONNECT host may lie inside the CA's name constraints while the
+  // name the client asks for does not: no leaf for it would be accepted.
+  const bool outside =
+      st == tls::PeekStatus::Ok && !transparent_ && !info.sni.empty() && !rt_->may_mint_for(info.sni);
+  if (st == tls::PeekStatus::NotTls || outside) {
+    // Plain bytes through a CONNECT to a hijacked host (nothing to decrypt),
+    // or a name Shoal must not mint for: pass them through untouched.
     hijacked_ = false;
     mode_ = Mode::Dialing;
     deadline_ms_ = 0;  // arm_timer below restarts the timer
@@ -649,6 +661,10 @@ void Conn::try_peek() {
     std::string name = sni_.empty() ? dial_ip_ : lower(sni_);
     if (rt_->hijack_index(name, connect_port_, w_.scratch()) < 0) {
       transparent_splice("not a hijack host");
+      return;
+    }
+    if (!rt_->may_mint_for(name)) {
+      transparent_splice("outside the CA's name constraints");
       return;
     }
     hijacked_ = true;
@@ -724,7 +740,8 @@ void Conn::begin_hijack() {
 }
 
 void Conn::start_handshake(std::shared_ptr<const tls::Leaf> leaf) {
-  client_.tls = tls::Session::server(&w_.server_config(rt_->cfg->tls_fast_records), std::move(leaf));
+  client_.tls =
+      tls::Session::server(&w_.server_config(rt_->cfg->tls_fast_records, rt_->tickets), std::move(leaf));
   if (!client_.tls) {
     close_all(true);
     return;
@@ -743,6 +760,7 @@ void Conn::continue_handshake() {
   flush(client_);
   if (st == tls::Status::WantRead) return;
   if (st == tls::Status::Ok) {
+    (client_.tls->resumed() ? m().hs_resumed : m().hs_full).inc();
     mode_ = Mode::HttpTls;
     // The CONNECT request's parser has switched to tunnel mode; requests
     // inside TLS start a fresh HTTP/1.1 stream.
@@ -946,8 +964,12 @@ Upstream* Conn::get_upstream(const std::string& host, uint16_t port, bool use_tl
   if (use_tls) cfg = w_.client_config(rt_->trust_for(host, port, w_.scratch()), rt_->cfg->tls_fast_records);
   // A transparently intercepted connection's own host goes to the address
   // the client connected to, not to whatever the name resolves to here.
-  const std::string& dial = transparent_ && host == connect_host_ && port == connect_port_ ? dial_ip_ : "";
-  up_ = Upstream::open(w_, this, host, port, use_tls, std::move(cfg), resp_handler_.get(), dial);
+  const bool own = transparent_ && host == connect_host_ && port == connect_port_;
+  const std::string& dial = own ? dial_ip_ : "";
+  // A spliced one (host is the address) is asked of a site proxy by the TLS
+  // server name it carried, if any: proxies' rules name hosts, not addresses.
+  const std::string name = own && !hijacked_ ? lower(sni_) : "";
+  up_ = Upstream::open(w_, this, host, port, use_tls, std::move(cfg), resp_handler_.get(), dial, name);
   up_->busy_exchange = true;
   if (!up_->fail_reason.empty()) {
     Upstream* u = up_;
@@ -1007,8 +1029,12 @@ void Conn::upstream_ready(Upstream* u) {
 
 void Conn::start_tunnel() {
   mode_ = Mode::Tunnel;
+  // A CONNECT first meant for hijacking has had its 200 already (its
+  // status is 200 since then); it is tunnelled after all when the client
+  // spoke no TLS or named a host outside the CA's name constraints.
+  const bool answered = connect_status_ == 200;
   connect_status_ = 200;
-  if (!hijacked_ && !transparent_) {
+  if (!hijacked_ && !transparent_ && !answered) {
     // For a plain tunnel the 200 waits for the origin, so a client learns
     // of an unreachable host from a 502 and not from a dead tunnel.
     append(client_.queue, kConnectEstablished, sizeof kConnectEstablished - 1);
@@ -1083,6 +1109,7 @@ void Conn::upstream_failed(Upstream* u, const std::string& why) {
     default:
       if (ex_.active && !ex_.resp_done && !ex_.up_done) {
         if (unanswered && retry_exchange(why)) return;
+        if (tee_resume(why)) return;
         fail_exchange(502, why);
       }
       break;
@@ -1170,6 +1197,7 @@ void Conn::upstream_eof(Upstream* u) {
       up_ = nullptr;
       const char* why = "origin closed the connection before the response was complete";
       if (unanswered && retry_exchange(why)) return;
+      if (tee_resume(why)) return;
       fail_exchange(502, why);
       return;
     }
@@ -1460,6 +1488,8 @@ void Conn::on_timer(uv_timer_t* t) {
     case Mode::HttpTls:
       if (c->ex_.active && c->ex_.auth_check) {
         c->auth_checked(true);
+      } else if (c->ex_.active && c->tee_resume("origin stalled (idle timeout)")) {
+        // The task's owner asked the origin for the rest (conn_task.cpp).
       } else if (c->ex_.active) {
         bool connecting = !c->up_ || c->up_->st != Upstream::St::Ready;
         c->fail_exchange(504,
@@ -1531,7 +1561,9 @@ void Conn::close_all(bool reset) {
     if (!sni_.empty()) line.str("sni", sni_);
     if (orig_tgid_ != 0) line.num("tgid", orig_tgid_).num("cgroup_id", static_cast<int64_t>(orig_cgroup_));
     if (client_.tls && client_.tls->handshake_done())
-      line.str("cipher", client_.tls->ciphersuite()).str("records", client_.tls->record_layer_name());
+      line.str("cipher", client_.tls->ciphersuite())
+          .str("records", client_.tls->record_layer_name())
+          .boolean("resumed", client_.tls->resumed());
     if (!connect_error_.empty()) line.str("error", connect_error_);
   }
   if (ex_.active && !ex_.logged) {

@@ -121,6 +121,9 @@ class Conn : public http::Handler, public UpstreamOwner {
     int64_t range_first = -1, range_last = -1, range_suffix = -1;
     bool resume = false;  // fetching the rest of a failed task's bytes from the origin
     uint64_t resume_from = 0;
+    // The owner's origin connection broke (or stalled) mid-body: a Range
+    // request for the rest is out and its head not yet checked.
+    bool tee_resume = false;
     bool auth_check = false;  // a HEAD with the client's credentials is out
     int auth_status = 0;
     // The HEAD is the P2P owner's: its answer (length, headers) starts the
@@ -163,6 +166,12 @@ class Conn : public http::Handler, public UpstreamOwner {
     std::string err;
     bool mismatch = false;
     std::string got_digest;
+    // Resuming after the origin broke off (tee_resume): body bytes received
+    // so far, where the last resume started, tries without progress since,
+    // and the object's strong ETag for If-Range ("" if it had none).
+    uint64_t received = 0, resume_mark = 0;
+    int resume_tries = 0;
+    std::string etag;
   };
   // A client being served from a task's file (the owner's client too).
   struct Serve {
@@ -223,6 +232,8 @@ class Conn : public http::Handler, public UpstreamOwner {
   void tee_abandon(const std::string& why);
   void tee_finished();
   void tee_store_failed();
+  bool tee_resume(const std::string& why);
+  int tee_resume_head(const http::MessageHead& head);
   void drain_pump();
   bool drain_ = false;  // the owner's store failed: finish the client from file, memory, then origin
   void follow_redirect();

@@ -18,6 +18,7 @@
 // finishes after the Conn started closing only cleans up.
 #include <openssl/evp.h>
 
+#include <cstdio>
 #include <cstring>
 
 #include "conn.h"
@@ -46,6 +47,8 @@ struct TaskMetrics {
       "shoal_bytes_total", "Response body bytes sent to clients, by source", "source=\"origin\"");
   obs::Counter& mismatch =
       obs::metrics().counter("shoal_digest_mismatch_total", "Objects whose bytes did not match their digest");
+  obs::Counter& resumes = obs::metrics().counter(
+      "shoal_origin_resumes_total", "Range requests for the rest of an object after the origin broke off");
   obs::Histogram& duration = obs::metrics().histogram("shoal_task_duration_seconds",
                                                       "Time to download and verify a task from the origin");
 };
@@ -57,6 +60,8 @@ TaskMetrics& tm() {
 
 constexpr size_t kTeeMax = 4 << 20;         // body bytes buffered before the origin is paused
 constexpr size_t kServeChunk = 256 * 1024;  // a thread-pool read is a round trip: few, large ones
+// Range requests in a row that bring no new byte before the owner gives up.
+constexpr int kMaxResumeTries = 3;
 
 using util::hex;
 
@@ -122,6 +127,7 @@ bool Conn::start_task(const std::string& url) {
   }
   bool created = false;
   auto t = engine->acquire(id, by_digest, &created);
+  if (created) t->set_url(url);
   serve_.task = t;
   if (!created) {
     ex_.source = "joined";
@@ -256,6 +262,15 @@ void Conn::p2p_head_done(bool timed_out) {
   for (auto& h : ex_.head_headers)
     if (kept_header(h.name)) kept.emplace_back(h.name, h.value);
   auto t = serve_.task;
+  // Pieces of an object named by its URL come from separate Range requests
+  // and only the length is checked at the end: If-Range with the HEAD's
+  // strong ETag makes the origin answer 200 (and the piece fail) if the
+  // object changed in between, rather than two versions being spliced. An
+  // object named by its digest needs none (every byte is verified).
+  if (!t->by_digest())
+    for (auto& h : ex_.head_headers)
+      if (http::iequals(h.name, "ETag") && h.value.compare(0, 2, "W/") != 0)
+        req.headers.push_back({"If-Range", h.value});
   uint64_t length = static_cast<uint64_t>(ex_.head_length);
   p2p::Engine* engine = w_.shared().p2p;
   std::string url = ex_.url;
@@ -369,27 +384,13 @@ void Conn::auth_checked(bool timed_out) {
 }
 
 bool Conn::parse_range(const std::string& value) {
-  std::string v = value;
-  while (!v.empty() && v.back() == ' ') v.pop_back();
-  if (v.compare(0, 6, "bytes=") != 0) return false;
-  std::string spec = v.substr(6);
-  if (spec.find(',') != std::string::npos) return false;
-  auto dash = spec.find('-');
-  if (dash == std::string::npos) return false;
-  std::string a = spec.substr(0, dash), b = spec.substr(dash + 1);
-  auto digits = [](const std::string& x) {
-    return !x.empty() && x.size() <= 18 && x.find_first_not_of("0123456789") == std::string::npos;
-  };
+  http::ByteRange r;
+  if (!http::parse_range(value, &r)) return false;
   ex_.range = true;
-  if (a.empty()) {
-    if (!digits(b)) return false;
-    ex_.range_suffix = std::stoll(b);
-    return true;
-  }
-  if (!digits(a) || (!b.empty() && !digits(b))) return false;
-  ex_.range_first = std::stoll(a);
-  ex_.range_last = b.empty() ? -1 : std::stoll(b);
-  return ex_.range_last < 0 || ex_.range_last >= ex_.range_first;
+  ex_.range_first = r.first;
+  ex_.range_last = r.last;
+  ex_.range_suffix = r.suffix;
+  return true;
 }
 
 void Conn::serve_begin() {
@@ -471,15 +472,9 @@ void Conn::serve_pump() {
     serve_.offset = 0;
     serve_.end = serve_.length;
     if (ex_.range) {
-      uint64_t len = serve_.length;
-      int64_t first = ex_.range_first, last = ex_.range_last;
-      if (ex_.range_suffix >= 0) {
-        uint64_t n = static_cast<uint64_t>(ex_.range_suffix);
-        first = static_cast<int64_t>(n >= len ? 0 : len - n);
-        last = static_cast<int64_t>(len) - 1;
-      }
-      if (last < 0 || static_cast<uint64_t>(last) >= len) last = static_cast<int64_t>(len) - 1;
-      if (len == 0 || first < 0 || static_cast<uint64_t>(first) >= len || (ex_.range_suffix == 0)) {
+      uint64_t len = serve_.length, first = 0, last = 0;
+      if (!http::resolve_range(http::ByteRange{ex_.range_first, ex_.range_last, ex_.range_suffix}, len,
+                               &first, &last)) {
         serve_stop();
         hs.push_back({"Content-Range", "bytes */" + std::to_string(len)});
         ex_.status = 416;
@@ -491,8 +486,8 @@ void Conn::serve_pump() {
         return;
       }
       status = 206;
-      serve_.offset = static_cast<uint64_t>(first);
-      serve_.end = static_cast<uint64_t>(last) + 1;
+      serve_.offset = first;
+      serve_.end = last + 1;
       hs.push_back({"Content-Range", "bytes " + std::to_string(first) + "-" + std::to_string(last) + "/" +
                                          std::to_string(len)});
     }
@@ -591,6 +586,7 @@ void Conn::serve_done() {
   ex_.resp_done = true;
   ex_.route = "p2p";
   if (ex_.source == "store") {
+    w_.shared().engine->note_reuse(id, ex_.resp_bytes);
     obs::log_info("reuse file peer task done, cost: " + std::to_string(now_ms() - ex_.start_ms) + "ms")
         .str("peer", w_.shared().peer_id)
         .str("task", id)
@@ -657,6 +653,12 @@ void Conn::serve_resume() {
   for (auto& h : ex_.req_headers)
     if (!http::iequals(h.name, "Range") && !http::iequals(h.name, "If-Range")) hs.push_back(h);
   hs.push_back({"Range", "bytes=" + std::to_string(from) + "-"});
+  // The client has the first bytes of the object as the task saw it: if
+  // it changed since, the origin answers 200 and the client is reset (see
+  // ResponseHandler::on_head), never handed a splice of two versions.
+  for (auto& h : serve_.headers)
+    if (http::iequals(h.first, "ETag") && h.second.compare(0, 2, "W/") != 0)
+      hs.push_back({"If-Range", h.second});
   ex_.req_headers = hs;
   obs::log_warn("task stopped while serving; fetching the rest from the origin")
       .str("task", serve_.id)
@@ -688,6 +690,8 @@ void Conn::tee_streaming(const http::MessageHead& head) {
   EVP_DigestInit_ex(md(tee_->piece), task::sha256_md(), nullptr);
   for (auto& h : head.headers)
     if (kept_header(h.name)) tee_->headers.emplace_back(h.name, h.value);
+  // Only a strong validator may go in If-Range (RFC 9110 section 13.1.5).
+  if (const std::string* etag = head.find("ETag"); etag && etag->compare(0, 2, "W/") != 0) tee_->etag = *etag;
   tee_->task->set_streaming(tee_->length, tee_->headers, fd);
 }
 
@@ -711,8 +715,110 @@ void Conn::tee_abandon(const std::string& why) {
 
 void Conn::tee_body(const char* data, size_t n) {
   if (!tee_) return;
+  tee_->received += n;
   tee_->pending.insert(tee_->pending.end(), data, data + n);
   if (!tee_->error) tee_kick();
+}
+
+// The origin connection broke (reset, closed early, TLS error) or stalled
+// after the owner had the head of a storable object: instead of failing the
+// task (and resetting every client), ask the origin for the rest with
+// "Range: bytes=<received>-" (and If-Range with the object's strong ETag, so
+// a changed object is never spliced onto the old bytes), on a new
+// connection to where the bytes came from. The body that follows goes on
+// into the store and the hashes as if nothing happened. At most
+// kMaxResumeTries requests in a row that bring no new byte. Returns false
+// (the caller fails the exchange as before) when this is not such a case.
+bool Conn::tee_resume(const std::string& why) {
+  Tee* t = tee_.get();
+  if (closing_ || !t || !ex_.tee || !ex_.active || !t->whole || t->body_done || t->error || drain_ ||
+      t->received >= t->length)
+    return false;
+  if (t->received > t->resume_mark) t->resume_tries = 0;  // the last try brought bytes
+  t->resume_mark = t->received;
+  if (++t->resume_tries > kMaxResumeTries) {
+    obs::log_warn("origin failed again without sending a byte; giving up the download")
+        .str("task", t->task->id())
+        .num("received", static_cast<int64_t>(t->received))
+        .num("length", static_cast<int64_t>(t->length))
+        .str("error", why);
+    return false;
+  }
+  if (up_) {
+    up_->release();
+    up_ = nullptr;
+  }
+  tm().resumes.inc();
+  obs::log_warn("origin broke off mid-body; asking for the rest with a Range request")
+      .str("task", t->task->id())
+      .str("host", ex_.host)
+      .num("from", static_cast<int64_t>(t->received))
+      .num("length", static_cast<int64_t>(t->length))
+      .num("attempt", t->resume_tries)
+      .str("error", why);
+  ex_.tee_resume = true;
+  ex_.retry_head.clear();
+  std::vector<http::Header> hs;
+  for (auto& h : ex_.req_headers)
+    if (!http::iequals(h.name, "Range") && !http::iequals(h.name, "If-Range")) hs.push_back(h);
+  hs.push_back({"Range", "bytes=" + std::to_string(t->received) + "-"});
+  if (!t->etag.empty()) hs.push_back({"If-Range", t->etag});
+  ex_.req_headers = hs;
+  std::string out = http::serialize_request_head("GET", ex_.path, hs);
+  Upstream* u = get_upstream(ex_.host, ex_.port, ex_.https);
+  if (!u) return true;  // upstream_failed took it from here
+  send_upstream(out.data(), out.size());
+  if (closing_) return true;
+  arm_timer(u->st == Upstream::St::Ready ? rt_->cfg->idle_timeout_s : rt_->cfg->connect_timeout_s);
+  update_reads();
+  return true;
+}
+
+// The head of the answer to tee_resume's request: a redirect is followed
+// (with the same Range), a 206 of exactly the missing bytes of the same
+// object lets the body flow on; anything else (a 200 because If-Range did
+// not match, another range, another length or ETag) fails the download, so
+// no client is ever given a splice of two objects. Returns the
+// http::Handler verdict (nonzero stops the parser, and the exchange fails).
+int Conn::tee_resume_head(const http::MessageHead& head) {
+  Tee* t = tee_.get();
+  if (!t) return 1;
+  const std::string* loc = head.find("Location");
+  if ((head.status == 301 || head.status == 302 || head.status == 303 || head.status == 307 ||
+       head.status == 308) &&
+      loc) {
+    ex_.redirecting = true;
+    ex_.location = *loc;
+    ex_.up_keep_alive = head.keep_alive;
+    return 0;
+  }
+  const std::string* cr = head.find("Content-Range");
+  const std::string* etag = head.find("ETag");
+  unsigned long long a = 0, b = 0, total = 0;
+  std::string why;
+  if (head.status != 206) {
+    why = "origin answered " + std::to_string(head.status) + " to the Range request" +
+          (head.status == 200 && !t->etag.empty() ? " (If-Range did not match: the object changed)" : "");
+  } else if (!cr || sscanf(cr->c_str(), "bytes %llu-%llu/%llu", &a, &b, &total) != 3 || a != t->received ||
+             b + 1 != t->length || total != t->length ||
+             head.content_length != static_cast<int64_t>(t->length - t->received)) {
+    why = "origin answered another range: " + (cr ? *cr : std::string("no Content-Range"));
+  } else if (!t->etag.empty() && etag && *etag != t->etag) {
+    why = "the object changed: ETag " + *etag + ", was " + t->etag;
+  } else if (head.find("Content-Encoding")) {
+    why = "origin encoded the rest";
+  }
+  if (!why.empty()) {
+    obs::log_warn("cannot resume the download").str("task", t->task->id()).str("error", why);
+    return 1;
+  }
+  ex_.tee_resume = false;
+  ex_.up_keep_alive = head.keep_alive;
+  obs::log_info("origin resumed the download")
+      .str("task", t->task->id())
+      .num("from", static_cast<int64_t>(t->received))
+      .num("length", static_cast<int64_t>(t->length));
+  return 0;
 }
 
 // The store failed (disk full, I/O error) while the owner was fetching: the
@@ -893,6 +999,7 @@ void Conn::tee_kick() {
           // it to the client.
           if (rc == 0) {
             t->written += t->inflight.size();
+            t->task->add_source_bytes(t->inflight.size(), 0);
             t->task->add_stored(t->inflight.size());
             t->inflight.clear();
           }

@@ -1,8 +1,11 @@
 #include "shoal/proxy/runtime.h"
 
+#include <mbedtls/base64.h>
+
 #include <algorithm>
 
 #include "shoal/http/http.h"
+#include "shoal/obs/log.h"
 
 namespace shoal::proxy {
 namespace {
@@ -21,6 +24,17 @@ bool add_trust(tls::TrustStore& store, const std::string& path, std::string* err
   if (store.add(path, &e)) return true;
   *err += e + "\n";
   return false;
+}
+
+// "Basic base64(user:password)" (RFC 7617).
+std::string basic_credentials(const std::string& user, const std::string& password) {
+  const std::string plain = user + ":" + password;
+  std::string out(4 * ((plain.size() + 2) / 3) + 1, '\0');
+  size_t n = 0;
+  mbedtls_base64_encode(reinterpret_cast<unsigned char*>(&out[0]), out.size(), &n,
+                        reinterpret_cast<const unsigned char*>(plain.data()), plain.size());
+  out.resize(n);
+  return "Basic " + out;
 }
 
 }  // namespace
@@ -50,6 +64,15 @@ std::shared_ptr<const Runtime> Runtime::build(std::shared_ptr<const config::Conf
     if (!ca) *err += "hijackHTTPS: " + e + "\n";
     rt->ca = std::move(ca);
     rt->leaves = std::make_shared<tls::LeafCache>(cfg->leaf_cache_size);
+    if (!cfg->ca_next_cert.empty()) {
+      auto next = tls::CertAuthority::load(cfg->ca_next_cert, cfg->ca_next_key, &e);
+      if (!next) *err += "hijackHTTPS.nextCert: " + e + "\n";
+      rt->next_ca = std::move(next);
+    }
+    if (cfg->tls_session_tickets) {
+      rt->tickets = tls::TicketKeys::shared(static_cast<uint32_t>(cfg->tls_ticket_lifetime_s), &e);
+      if (!rt->tickets) *err += "tls.sessionTickets: " + e + "\n";
+    }
   }
 
   rt->base_trust = std::make_shared<tls::TrustStore>();
@@ -74,6 +97,15 @@ std::shared_ptr<const Runtime> Runtime::build(std::shared_ptr<const config::Conf
       add_trust(probe, c, err);
     }
   }
+  // The site proxy's credentials: from the URL, or read from their file on
+  // every build, so a reload picks up a rotated password.
+  if (const config::UpstreamProxy& up = cfg->upstream_proxy; up.enabled) {
+    std::string user = up.user, password = up.password, e;
+    if (!up.credentials_file.empty() &&
+        !config::load_proxy_credentials(up.credentials_file, &user, &password, &e))
+      *err += "upstreamProxy.credentialsFile: " + e + "\n";
+    if (!user.empty()) rt->upstream_proxy_auth = basic_credentials(user, password);
+  }
   if (!err->empty()) return nullptr;
   return rt;
 }
@@ -84,6 +116,23 @@ int Runtime::hijack_index(const std::string& host, uint16_t port, rules::Scratch
   int i = hijack_hosts->first_match(hp, scratch);
   if (i < 0) i = hijack_hosts->first_match(host, scratch);
   return i;
+}
+
+bool Runtime::may_mint_for(const std::string& name) const {
+  if (!ca || ca->permits(name)) return true;
+  // Bounded: a client can name arbitrarily many hosts.
+  constexpr size_t kMaxRemembered = 4096;
+  const std::string host = tls::normalize_name(name);
+  {
+    std::lock_guard<std::mutex> lk(refused_mu_);
+    if (refused_.count(host) != 0 || refused_.size() >= kMaxRemembered) return false;
+    refused_.insert(host);
+  }
+  obs::log_warn("not hijacking a host outside the CA's name constraints; tunnelling it")
+      .str("host", host)
+      .str("ca_constraints", ca->name_constraints().describe())
+      .str("ca", cfg->ca_cert);
+  return false;
 }
 
 int Runtime::rule_index(const std::string& url, rules::Scratch& scratch) const {

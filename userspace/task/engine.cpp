@@ -2,9 +2,28 @@
 
 #include <unistd.h>
 
+#include <ctime>
+
 namespace shoal::task {
 
-ActiveTask::ActiveTask(std::string id, bool by_digest) : id_(std::move(id)), by_digest_(by_digest) {}
+ActiveTask::ActiveTask(std::string id, bool by_digest)
+    : id_(std::move(id)), by_digest_(by_digest), started_(static_cast<int64_t>(time(nullptr))) {}
+
+void ActiveTask::set_url(const std::string& url) {
+  std::lock_guard<std::mutex> lk(mu_);
+  url_ = url.substr(0, url.find_first_of("?#"));
+}
+
+std::string ActiveTask::url() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return url_;
+}
+
+void ActiveTask::add_source_bytes(uint64_t origin, uint64_t peer) {
+  std::lock_guard<std::mutex> lk(mu_);
+  bytes_origin_ += origin;
+  bytes_peer_ += peer;
+}
 
 ActiveTask::~ActiveTask() {
   if (fd_ >= 0) close(fd_);
@@ -17,6 +36,8 @@ ActiveTask::View ActiveTask::view() const {
   v.length = length_;
   v.stored = stored_;
   v.failure = failure_;
+  v.bytes_origin = bytes_origin_;
+  v.bytes_peer = bytes_peer_;
   v.verified = phase_ == Phase::Complete || (phase_ == Phase::Streaming && verified_);
   if (v.verified) {
     v.readable = phase_ == Phase::Complete ? length_ : stored_;
@@ -162,14 +183,64 @@ std::shared_ptr<ActiveTask> Engine::acquire(const std::string& id, bool by_diges
 }
 
 void Engine::retire(const std::shared_ptr<ActiveTask>& t) {
+  ActiveTask::View v = t->view();
   std::lock_guard<std::mutex> lk(mu_);
   auto it = active_.find(t->id());
   if (it != active_.end() && it->second == t) active_.erase(it);
+  if (v.phase != ActiveTask::Phase::Complete) return;
+  auto [s, fresh] = sources_.try_emplace(t->id());
+  if (fresh) {
+    sources_order_.push_back(t->id());
+    if (sources_order_.size() > kMaxSources) {
+      sources_.erase(sources_order_.front());
+      sources_order_.pop_front();
+    }
+  }
+  s->second.fetched = true;
+  s->second.origin = v.bytes_origin;
+  s->second.peer = v.bytes_peer;
 }
 
 size_t Engine::active() const {
   std::lock_guard<std::mutex> lk(mu_);
   return active_.size();
+}
+
+std::vector<std::shared_ptr<ActiveTask>> Engine::active_tasks() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  std::vector<std::shared_ptr<ActiveTask>> out;
+  out.reserve(active_.size());
+  for (const auto& kv : active_) out.push_back(kv.second);
+  return out;
+}
+
+void Engine::note_reuse(const std::string& id, uint64_t bytes) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto [s, fresh] = sources_.try_emplace(id);
+  if (fresh) {
+    sources_order_.push_back(id);
+    if (sources_order_.size() > kMaxSources) {
+      sources_.erase(sources_order_.front());
+      sources_order_.pop_front();
+    }
+  }
+  s->second.reuse_count++;
+  s->second.reuse_bytes += bytes;
+}
+
+bool Engine::sources(const std::string& id, Sources* out) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = sources_.find(id);
+  if (it == sources_.end()) return false;
+  *out = it->second;
+  return true;
+}
+
+void Engine::forget(const std::string& id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  // The order list keeps the id until it ages out; erasing a missing key
+  // later is harmless.
+  sources_.erase(id);
 }
 
 }  // namespace shoal::task

@@ -5,7 +5,7 @@
 // top level and under proxy:, every other dfget key as "accepted, ignored"
 // (a warning) unless Shoal implements it. Relative paths resolve against the
 // file's directory. Defaults live in defaults in this header and nowhere else.
-// Shoal's own sections: workers, log, admin, metrics, shutdown, tls,
+// Shoal's own sections: workers, log, admin, metrics, shutdown, watchdog, privileges, tls,
 // timeouts, transparent, proxy.{connectPorts,authCheck}, p2p (the peer side
 // of peer-to-peer sharing; on when p2p.schedulers is not empty) and
 // schedulerServer (read by `shoald scheduler`); config.cpp documents each key.
@@ -19,6 +19,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "shoal/config/upstream_proxy.h"
 
 namespace shoal::config {
 
@@ -102,6 +104,10 @@ struct Config {
   std::string ca_cert, ca_key;            // absolute paths
   int ca_cert_line = 0, ca_key_line = 0;  // positions, for resource errors
   Origin ca_cert_at, ca_key_at;           // the same, with file, column and key path
+  // hijackHTTPS.nextCert/nextKey (Shoal's): the next CA of a rotation, loaded
+  // and checked beside the current one but never used to mint; empty when absent.
+  std::string ca_next_cert, ca_next_key;  // absolute paths
+  Origin ca_next_cert_at, ca_next_key_at;
   std::vector<HijackHost> hijack_hosts;
 
   // Shoal's own sections.
@@ -113,9 +119,13 @@ struct Config {
   std::string admin_group = "shoal";
   Endpoint metrics_listen{"127.0.0.1", 65004};
   double shutdown_grace_s = 30.0;
+  double watchdog_stall_s = 30.0;  // watchdog.stallTimeout; 0 = no stall detection
+  bool drop_capabilities = true;   // privileges.dropCapabilities
   std::string trust_store = "/etc/ssl/certs/ca-certificates.crt";
   uint32_t leaf_cache_size = 1024;
-  bool tls_fast_records = true;  // tls.fastRecords
+  bool tls_fast_records = true;           // tls.fastRecords
+  bool tls_session_tickets = true;        // tls.sessionTickets
+  double tls_ticket_lifetime_s = 3600.0;  // tls.sessionTicketLifetime (1 s to 7 days)
 
   // Transparent interception (transparent.*).
   enum class TransparentMode { Auto, Ebpf, Iptables, Off };
@@ -152,6 +162,11 @@ struct Config {
   double scheduler_peer_timeout_s = 15.0;      // schedulerServer.peerTimeout (duration)
   uint32_t scheduler_origin_concurrency = 3;   // schedulerServer.originConcurrency (1..64)
   uint32_t scheduler_max_parents = 8;          // schedulerServer.maxParents (1..64)
+
+  // The site proxy (upstreamProxy.*): origin connections go through it with
+  // CONNECT unless noProxy matches. Off unless upstreamProxy.url is given.
+  UpstreamProxy upstream_proxy;
+  Origin upstream_proxy_credentials_at;  // upstreamProxy.credentialsFile, for check_resources
 };
 
 struct LoadResult {

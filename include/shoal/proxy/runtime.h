@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -46,13 +47,30 @@ class Runtime {
   std::vector<std::shared_ptr<const rules::PatternSet>> white_regx;   // per whiteList entry (may be null)
   std::shared_ptr<const tls::CertAuthority> ca;                       // null without hijackHTTPS
   std::shared_ptr<tls::LeafCache> leaves;
+  // The next CA of a rotation (hijackHTTPS.nextCert/nextKey): loaded and
+  // checked like the current one so a bad file fails the (re)load, never
+  // used to mint. Null when not configured.
+  std::shared_ptr<const tls::CertAuthority> next_ca;
+  // Session-ticket keys for hijacked clients; null without hijackHTTPS or
+  // with tls.sessionTickets off. The same keys across reloads that keep
+  // tls.sessionTicketLifetime (TicketKeys::shared).
+  std::shared_ptr<tls::TicketKeys> tickets;
   std::shared_ptr<tls::TrustStore> base_trust;  // system store + registryMirror.certs
   bool has_mirror = false;
   MirrorTarget mirror;
+  // Proxy-Authorization for the site proxy (cfg->upstream_proxy), e.g.
+  // "Basic dXNlcjpwYXNz"; empty without credentials. Secret: never log.
+  std::string upstream_proxy_auth;
 
   // Index of the first hijack host entry matching host:port or the bare host;
   // -1 when the host is not hijacked (or no CA is configured).
   int hijack_index(const std::string& host, uint16_t port, rules::Scratch& scratch) const;
+  // Whether Shoal may mint a leaf for name (a host name or IP literal):
+  // true without a CA name constraint or inside it. Outside, logs a warning
+  // (host, the CA's constraints) the first time per host and runtime and
+  // returns false: the caller then tunnels the connection untouched. Any
+  // thread.
+  bool may_mint_for(const std::string& name) const;
   // Index of the first proxy rule matching url, or -1.
   int rule_index(const std::string& url, rules::Scratch& scratch) const;
   // Trust for an origin host: base store plus the certs of every matching
@@ -70,6 +88,8 @@ class Runtime {
  private:
   mutable std::mutex trust_mu_;
   mutable std::map<std::string, std::shared_ptr<tls::TrustStore>> trust_cache_;
+  mutable std::mutex refused_mu_;
+  mutable std::set<std::string> refused_;  // hosts may_mint_for() warned about
 };
 
 }  // namespace shoal::proxy

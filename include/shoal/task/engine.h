@@ -42,6 +42,9 @@ class ActiveTask {
     // was read in full): readers may finish before the store commits.
     bool verified = false;
     std::string failure;
+    // Bytes by where they came from (the owner reports them as they are
+    // stored): the origin, or other peers.
+    uint64_t bytes_origin = 0, bytes_peer = 0;
   };
 
   ActiveTask(std::string id, bool by_digest);
@@ -51,6 +54,12 @@ class ActiveTask {
 
   const std::string& id() const { return id_; }
   bool by_digest() const { return by_digest_; }
+  // Unix seconds when the task was created (for `shoalctl tasks`).
+  int64_t started() const { return started_; }
+  // The URL it was created for, without query or fragment (they carry
+  // signatures), for `shoalctl tasks`; "" until set.
+  void set_url(const std::string& url);
+  std::string url() const;
   View view() const;
   Headers headers() const;
   // The data file (shared by readers, pread only); -1 before Streaming.
@@ -59,6 +68,9 @@ class ActiveTask {
   // Owner side.
   void set_streaming(uint64_t length, Headers headers, int fd);  // takes fd
   void add_stored(uint64_t n);
+  // Counts stored bytes by source; no notification (readers wait on
+  // add_stored).
+  void add_source_bytes(uint64_t origin, uint64_t peer);
   // Thread-safe, like the other setters: the verifying job calls it from
   // the thread pool before the commit's fsync, so clients do not wait on
   // the disk.
@@ -82,7 +94,10 @@ class ActiveTask {
   void notify();
   const std::string id_;
   const bool by_digest_;
+  const int64_t started_;
   mutable std::mutex mu_;
+  std::string url_;
+  uint64_t bytes_origin_ = 0, bytes_peer_ = 0;
   Phase phase_ = Phase::Starting;
   uint64_t length_ = 0, stored_ = 0;
   Headers headers_;
@@ -126,12 +141,31 @@ class Engine {
   // requests go to the store (or start afresh).
   void retire(const std::shared_ptr<ActiveTask>& t);
   size_t active() const;
+  // The tasks being downloaded now, ordered by id.
+  std::vector<std::shared_ptr<ActiveTask>> active_tasks() const;
+
+  // Where a stored task's bytes came from, counted since the daemon started
+  // (the store keeps no such history): what its download took from the
+  // origin and from peers (recorded when a Complete task is retired), and
+  // how often and how many bytes it was served again from the store.
+  struct Sources {
+    bool fetched = false;  // downloaded since the start: origin and peer are known
+    uint64_t origin = 0, peer = 0;
+    uint64_t reuse_count = 0, reuse_bytes = 0;
+  };
+  void note_reuse(const std::string& id, uint64_t bytes);
+  bool sources(const std::string& id, Sources* out) const;
+  // GC removed the task.
+  void forget(const std::string& id);
 
  private:
+  static constexpr size_t kMaxSources = 1 << 20;  // entries; beyond, the oldest ids are dropped
   std::unique_ptr<Store> store_;
   SmallCache small_;
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<ActiveTask>> active_;
+  std::map<std::string, Sources> sources_;  // under mu_
+  std::list<std::string> sources_order_;    // insertion order, for the bound
 };
 
 }  // namespace shoal::task

@@ -464,6 +464,13 @@ void test_relative_paths(void**) {
   assert_int_equal(c.leaf_cache_size, 64);
   assert_false(c.tls_fast_records);
   assert_true(shoal::config::Config().tls_fast_records);  // on by default
+  assert_true(c.tls_session_tickets);                     // on by default, one hour
+  assert_true(c.tls_ticket_lifetime_s == 3600.0);
+  const LoadResult t = shoal::config::load_string(
+      "tls:\n  sessionTickets: false\n  sessionTicketLifetime: 90m\n", "shoald.yaml", "/etc/shoal");
+  expect_clean(t);
+  assert_false(t.config->tls_session_tickets);
+  assert_true(t.config->tls_ticket_lifetime_s == 5400.0);
   assert_int_equal(c.mirror.certs.size(), 2);
   assert_string_equal(c.mirror.certs[0].c_str(), "/etc/shoal/mirror.pem");
   assert_string_equal(c.mirror.certs[1].c_str(), "/abs/m.pem");
@@ -573,6 +580,23 @@ void test_missing_file(void**) {
   assert_true(d.diags[0].message.find("not a regular file") != std::string::npos);
 }
 
+// A FIFO named as the config (or as its proxy file) opened blocking until
+// a writer came, so shoald hung at start or reload. Refused at once now;
+// the alarm turns a regression into a failure instead of a hung test.
+void test_fifo_file(void**) {
+  const std::string fifo = g_tmp + "/fifo.yaml";
+  assert_int_equal(mkfifo(fifo.c_str(), 0600), 0);
+  alarm(10);
+  const LoadResult r = shoal::config::load_file(fifo);
+  assert_false(r.ok());
+  assert_true(r.diags[0].message.find("not a regular file") != std::string::npos);
+  const LoadResult p = load("proxy: fifo.yaml\n", "main.yaml");
+  assert_false(p.ok());
+  expect_diag(p, "proxy", 1, 8, "cannot read the proxy file");
+  alarm(0);
+  unlink(fifo.c_str());
+}
+
 void test_embedded_default(void**) {
   const LoadResult r = shoal::config::load_embedded_default();
   expect_clean(r);
@@ -621,6 +645,11 @@ void test_shoal_keys(void**) {
   expect_diag(load("workers: -1\n"), "workers", 1, 10, "0 (one per CPU) to 1024");
   expect_diag(load("tls:\n  leafCacheSize: 0\n"), "tls.leafCacheSize", 2, 18, "1 to 1000000");
   expect_diag(load("tls:\n  fastRecords: sometimes\n"), "tls.fastRecords", 2, 16, "");
+  expect_diag(load("tls:\n  sessionTicketLifetime: 0s\n"), "tls.sessionTicketLifetime", 2, 26,
+              "1s to 7 days");
+  expect_diag(load("tls:\n  sessionTicketLifetime: 169h\n"), "tls.sessionTicketLifetime", 2, 26,
+              "1s to 7 days");
+  expect_diag(load("tls:\n  sessionTickets: often\n"), "tls.sessionTickets", 2, 19, "");
   expect_diag(load("transparent:\n  mode: magic\n"), "transparent.mode", 2, 9, "auto, ebpf, iptables or off");
   expect_diag(load("transparent:\n  ports: []\n"), "transparent.ports", 2, 10, "at least one port");
   expect_diag(load("transparent:\n  cgroups: [a/../b]\n"), "transparent.cgroups[0]", 2, 13, "without");
@@ -1061,6 +1090,8 @@ void test_address_parsers(void**) {
 
 }  // namespace
 
+int run_upstream_proxy_tests();  // test_upstream_proxy.cpp
+
 int main() {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_guide_top_level),
@@ -1077,6 +1108,7 @@ int main() {
       cmocka_unit_test(test_relative_paths),
       cmocka_unit_test(test_transparent),
       cmocka_unit_test(test_many_errors_at_once),
+      cmocka_unit_test(test_fifo_file),
       cmocka_unit_test(test_yaml_syntax_error),
       cmocka_unit_test(test_alias_bombs),
       cmocka_unit_test(test_empty_file),
@@ -1097,5 +1129,6 @@ int main() {
       cmocka_unit_test(test_rates),
       cmocka_unit_test(test_address_parsers),
   };
-  return cmocka_run_group_tests_name("config", tests, group_setup, group_teardown);
+  const int failed = cmocka_run_group_tests_name("config", tests, group_setup, group_teardown);
+  return failed + run_upstream_proxy_tests();
 }
