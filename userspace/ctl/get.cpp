@@ -62,37 +62,20 @@ std::string excerpt(const std::string& body) {
 }  // namespace
 
 int cmd_get(const Global& g, std::vector<std::string>& args) {
-  std::string url, out, digest, timeout_s;
-  std::vector<http::Header> headers;
-  AccessOptions ao;
-  std::vector<std::string> cacerts;
-  bool quiet = false;
+  std::string url, out, digest;
+  ClientArgs ca;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     auto is = [&](const char* name) { return a == name || a.rfind(std::string(name) + "=", 0) == 0; };
-    std::string v;
+    int shared = parse_client_option("get", args, &i, &ca);
+    if (shared < 0) return kExitUsage;
+    if (shared > 0) continue;
     if (is("-O") || is("--output")) {
       if (!option_value(args, &i, a[1] == 'O' ? "-O" : "--output", &out)) return kExitUsage;
-    } else if (is("-H") || is("--header")) {
-      if (!option_value(args, &i, a[1] == 'H' ? "-H" : "--header", &v)) return kExitUsage;
-      http::Header h;
-      if (!parse_header_arg(v, &h.name, &h.value)) return usage_error("get", "malformed header '" + v + "'");
-      headers.push_back(h);
     } else if (is("--digest")) {
       if (!option_value(args, &i, "--digest", &digest)) return kExitUsage;
       if (!valid_sha256_digest(digest))
         return usage_error("get", "--digest wants sha256:<64 lower-case hex>, got '" + digest + "'");
-    } else if (is("--proxy")) {
-      if (!option_value(args, &i, "--proxy", &ao.proxy)) return kExitUsage;
-    } else if (is("--config")) {
-      if (!option_value(args, &i, "--config", &ao.config)) return kExitUsage;
-    } else if (is("--cacert")) {
-      if (!option_value(args, &i, "--cacert", &v)) return kExitUsage;
-      cacerts.push_back(v);
-    } else if (is("--timeout")) {
-      if (!option_value(args, &i, "--timeout", &timeout_s)) return kExitUsage;
-    } else if (a == "-q" || a == "--quiet") {
-      quiet = true;
     } else if (a.size() > 1 && a[0] == '-') {
       return usage_error("get", "unknown option '" + a + "'");
     } else if (url.empty()) {
@@ -105,47 +88,19 @@ int cmd_get(const Global& g, std::vector<std::string>& args) {
   if (out.empty()) return usage_error("get", "needs -O FILE");
   http::Url u;
   if (!http::parse_absolute_url(url, &u)) return usage_error("get", "not an http:// or https:// URL: " + url);
-  int timeout = 60;
-  if (!timeout_s.empty()) {
-    char* end = nullptr;
-    long t = strtol(timeout_s.c_str(), &end, 10);
-    if (*end || t < 1 || t > 86400) return usage_error("get", "--timeout wants 1..86400 seconds");
-    timeout = static_cast<int>(t);
-  }
   std::string from_url = digest_in_url(url);
   if (!digest.empty() && !from_url.empty() && digest != from_url)
     return usage_error("get", "--digest " + digest + " differs from the URL's " + from_url);
   if (digest.empty()) digest = from_url;
 
   Access acc;
+  std::unique_ptr<HttpClient> client;
+  if (int rc = make_client("get", g, &ca, std::string("shoalctl/") + SHOAL_VERSION, &acc, &client);
+      rc != kExitOk)
+    return rc;
+  const std::vector<http::Header>& headers = ca.headers;
+  const bool quiet = ca.quiet;
   std::string err;
-  if (!find_access(g, &ao, &acc, &err)) {
-    fprintf(stderr, "shoalctl get: %s\n", err.c_str());
-    return kExitFailed;
-  }
-  ClientOptions co;
-  HostPort proxy;
-  if (!parse_host_port(acc.proxy, &proxy)) {
-    fprintf(stderr, "shoalctl get: unusable proxy address '%s' (from %s)\n", acc.proxy.c_str(),
-            acc.from.c_str());
-    return kExitUsage;
-  }
-  co.proxy = proxy;
-  co.ca_files = cacerts;
-  if (!acc.site_ca.empty()) {
-    if (access(acc.site_ca.c_str(), R_OK) == 0)
-      co.ca_files.push_back(acc.site_ca);
-    else if (!quiet)
-      fprintf(stderr, "shoalctl get: warning: cannot read the site CA %s: %s\n", acc.site_ca.c_str(),
-              strerror(errno));
-  }
-  co.timeout_s = timeout;
-  co.user_agent = std::string("shoalctl/") + SHOAL_VERSION;
-  auto client = HttpClient::create(co, &err);
-  if (!client) {
-    fprintf(stderr, "shoalctl get: %s\n", err.c_str());
-    return kExitFailed;
-  }
 
   bool to_stdout = out == "-";
   std::string tmp = out + ".tmp";

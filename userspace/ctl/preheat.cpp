@@ -246,22 +246,16 @@ double jnum(const cJSON* o, const char* k, double dflt = -1) {
 }  // namespace
 
 int cmd_preheat(const Global& g, std::vector<std::string>& args) {
-  std::string refs, platform = "linux/amd64", timeout_s;
-  bool all_platforms = false, plain_http = false, quiet = false, platform_given = false;
-  std::vector<http::Header> headers;
-  std::vector<std::string> cacerts;
-  AccessOptions ao;
+  std::string refs, platform = "linux/amd64";
+  bool all_platforms = false, plain_http = false, platform_given = false;
+  ClientArgs ca;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     auto is = [&](const char* name) { return a == name || a.rfind(std::string(name) + "=", 0) == 0; };
-    std::string v;
-    if (is("-H") || is("--header")) {
-      if (!option_value(args, &i, a[1] == 'H' ? "-H" : "--header", &v)) return kExitUsage;
-      http::Header h;
-      if (!parse_header_arg(v, &h.name, &h.value))
-        return usage_error("preheat", "malformed header '" + v + "'");
-      headers.push_back(h);
-    } else if (is("--platform")) {
+    int shared = parse_client_option("preheat", args, &i, &ca);
+    if (shared < 0) return kExitUsage;
+    if (shared > 0) continue;
+    if (is("--platform")) {
       if (!option_value(args, &i, "--platform", &platform)) return kExitUsage;
       if (std::count(platform.begin(), platform.end(), '/') < 1 ||
           std::count(platform.begin(), platform.end(), '/') > 2)
@@ -271,17 +265,6 @@ int cmd_preheat(const Global& g, std::vector<std::string>& args) {
       all_platforms = true;
     } else if (a == "--plain-http") {
       plain_http = true;
-    } else if (is("--proxy")) {
-      if (!option_value(args, &i, "--proxy", &ao.proxy)) return kExitUsage;
-    } else if (is("--config")) {
-      if (!option_value(args, &i, "--config", &ao.config)) return kExitUsage;
-    } else if (is("--cacert")) {
-      if (!option_value(args, &i, "--cacert", &v)) return kExitUsage;
-      cacerts.push_back(v);
-    } else if (is("--timeout")) {
-      if (!option_value(args, &i, "--timeout", &timeout_s)) return kExitUsage;
-    } else if (a == "-q" || a == "--quiet") {
-      quiet = true;
     } else if (a.size() > 1 && a[0] == '-') {
       return usage_error("preheat", "unknown option '" + a + "'");
     } else if (refs.empty()) {
@@ -296,37 +279,16 @@ int cmd_preheat(const Global& g, std::vector<std::string>& args) {
   ImageRef ref;
   std::string why;
   if (!parse_image_ref(refs, &ref, &why)) return usage_error("preheat", "bad REF '" + refs + "': " + why);
-  int timeout = 60;
-  if (!timeout_s.empty()) {
-    char* end = nullptr;
-    long t = strtol(timeout_s.c_str(), &end, 10);
-    if (*end || t < 1 || t > 86400) return usage_error("preheat", "--timeout wants 1..86400 seconds");
-    timeout = static_cast<int>(t);
-  }
-
   Access acc;
+  std::unique_ptr<HttpClient> client;
+  if (int rc = make_client("preheat", g, &ca, std::string("shoalctl/") + SHOAL_VERSION + " (preheat)", &acc,
+                           &client);
+      rc != kExitOk)
+    return rc;
+  const std::vector<http::Header>& headers = ca.headers;
+  const bool quiet = ca.quiet;
+  const AccessOptions& ao = ca.ao;
   std::string err;
-  if (!find_access(g, &ao, &acc, &err)) {
-    fprintf(stderr, "shoalctl preheat: %s\n", err.c_str());
-    return kExitFailed;
-  }
-  ClientOptions co;
-  HostPort proxy;
-  if (!parse_host_port(acc.proxy, &proxy)) {
-    fprintf(stderr, "shoalctl preheat: unusable proxy address '%s' (from %s)\n", acc.proxy.c_str(),
-            acc.from.c_str());
-    return kExitUsage;
-  }
-  co.proxy = proxy;
-  co.ca_files = cacerts;
-  if (!acc.site_ca.empty() && access(acc.site_ca.c_str(), R_OK) == 0) co.ca_files.push_back(acc.site_ca);
-  co.timeout_s = timeout;
-  co.user_agent = std::string("shoalctl/") + SHOAL_VERSION + " (preheat)";
-  auto client = HttpClient::create(co, &err);
-  if (!client) {
-    fprintf(stderr, "shoalctl preheat: %s\n", err.c_str());
-    return kExitFailed;
-  }
   bool human = !g.json && !quiet;
   Preheater ph(*client, ref, plain_http ? "http" : "https", headers, human);
   std::vector<Item> items;

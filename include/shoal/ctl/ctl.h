@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "shoal/http/http.h"
+
 namespace shoal::ctl {
 
 // Exit codes, the same for every command (run: CMD's own status instead).
@@ -83,6 +85,26 @@ struct AccessOptions {
 };
 // false with *err when no proxy can be found.
 bool find_access(const Global& g, AccessOptions* o, Access* out, std::string* err);
+
+// The options get and preheat share (-H/--header, --proxy, --config,
+// --cacert, --timeout, -q), and the client they lead to.
+struct ClientArgs {
+  AccessOptions ao;
+  std::vector<std::string> cacerts;
+  std::vector<http::Header> headers;
+  std::string timeout_s;
+  bool quiet = false;
+};
+// Consumes args[*i] (and its value) when it is one of those options: 1 when
+// consumed, 0 when it is not one of them, -1 after a usage error (printed).
+int parse_client_option(const char* cmd, const std::vector<std::string>& args, size_t* i, ClientArgs* c);
+// Finds the proxy and the site CA (find_access) and makes the client: the
+// system store, the site CA when readable, --cacert files, --timeout
+// (default 60 s). Returns kExitOk with *client set, else the exit code after
+// printing why; *acc says where the proxy came from.
+class HttpClient;
+int make_client(const char* cmd, const Global& g, ClientArgs* c, const std::string& user_agent, Access* acc,
+                std::unique_ptr<HttpClient>* client);
 
 // --- command-line helpers -----------------------------------------------------
 
