@@ -14,6 +14,7 @@
 #include "shoal/ctl/ctl.h"
 #include "shoal/ctl/http_client.h"
 #include "shoal/ctl/ref.h"
+#include "shoal/util/hex.h"
 
 namespace shoal::ctl {
 
@@ -28,16 +29,6 @@ void on_interrupt(int sig) {
   raise(sig);
 }
 
-std::string hex(const unsigned char* p, size_t n) {
-  static const char* d = "0123456789abcdef";
-  std::string s;
-  for (size_t i = 0; i < n; ++i) {
-    s += d[p[i] >> 4];
-    s += d[p[i] & 15];
-  }
-  return s;
-}
-
 bool write_all(int fd, const char* p, size_t n) {
   while (n > 0) {
     ssize_t w = write(fd, p, n);
@@ -49,14 +40,6 @@ bool write_all(int fd, const char* p, size_t n) {
     n -= static_cast<size_t>(w);
   }
   return true;
-}
-
-std::string excerpt(const std::string& body) {
-  std::string s = body.substr(0, 300);
-  for (char& c : s)
-    if (c == '\n' || c == '\r' || c == '\t') c = ' ';
-  while (!s.empty() && s.back() == ' ') s.pop_back();
-  return s;
 }
 
 }  // namespace
@@ -190,7 +173,7 @@ int cmd_get(const Global& g, std::vector<std::string>& args) {
   unsigned char h[32];
   unsigned int hl = 0;
   EVP_DigestFinal_ex(md.get(), h, &hl);
-  std::string actual = "sha256:" + hex(h, hl);
+  std::string actual = "sha256:" + util::hex(h, hl);
   if (!digest.empty() && actual != digest) {
     drop_tmp();
     std::string e = "digest mismatch: the body hashes to " + actual + ", the URL names " + digest;

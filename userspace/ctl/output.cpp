@@ -119,4 +119,12 @@ void Progress::draw(bool force) {
   drawn_ = std::max(drawn_, len);
 }
 
+std::string excerpt(const std::string& body) {
+  std::string s = body.substr(0, 300);
+  for (char& c : s)
+    if (c == '\n' || c == '\r' || c == '\t') c = ' ';
+  while (!s.empty() && s.back() == ' ') s.pop_back();
+  return s;
+}
+
 }  // namespace shoal::ctl

@@ -21,6 +21,7 @@
 #include "shoal/ctl/http_client.h"
 #include "shoal/ctl/ref.h"
 #include "shoal/ctl/registry.h"
+#include "shoal/util/hex.h"
 
 namespace shoal::ctl {
 
@@ -32,21 +33,7 @@ std::string sha256_hex(const std::string& data) {
   unsigned char h[32];
   unsigned int n = 0;
   EVP_Digest(data.data(), data.size(), h, &n, EVP_sha256(), nullptr);
-  static const char* d = "0123456789abcdef";
-  std::string s;
-  for (unsigned i = 0; i < n; ++i) {
-    s += d[h[i] >> 4];
-    s += d[h[i] & 15];
-  }
-  return s;
-}
-
-std::string excerpt(const std::string& body) {
-  std::string s = body.substr(0, 300);
-  for (char& c : s)
-    if (c == '\n' || c == '\r' || c == '\t') c = ' ';
-  while (!s.empty() && s.back() == ' ') s.pop_back();
-  return s;
+  return util::hex(h, n);
 }
 
 struct Item {

@@ -121,7 +121,9 @@ int usage_error(const char* cmd, const std::string& msg);
 
 std::string human_bytes(uint64_t n);    // "0 B", "1023 B", "4.0 MiB"
 std::string human_age(double seconds);  // "12s", "5m03s", "2h04m", "3d05h"
-void print_json(const cJSON* o);        // one line on stdout
+// The first 300 bytes of an error answer's body on one line, for a message.
+std::string excerpt(const std::string& body);
+void print_json(const cJSON* o);  // one line on stdout
 
 // A text table: columns padded to their widest cell, two spaces apart; the
 // last column is not padded.
