@@ -11,6 +11,12 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 [ "$(id -u)" -eq 0 ] || { echo "isolated.sh: needs root" >&2; exit 2; }
+# A private mount namespace needs / to be a mount point; inside a chroot it
+# is not unless the chroot's directory was bind-mounted onto itself.
+mountpoint -q / || {
+  echo "isolated.sh: / is not a mount point (a chroot? bind-mount its directory onto itself first)" >&2
+  exit 2
+}
 if [ "${1:-}" = "--" ]; then
   shift
   cmd=("$@")
