@@ -230,21 +230,23 @@ seed() {
   done
 }
 # pull_kill LABEL PROXY URL VICTIM: pulls URL through PROXY and SIGKILLs
-# peer VICTIM once it has uploaded 256 KiB (in mid-piece: a piece takes it
-# ~2 s); sets RC, CODE and SIZE when the pull ends.
+# peer VICTIM once it has uploaded 256 KiB more for this pull (in mid-piece:
+# a piece takes it ~2 s; what it sent earlier pulls does not count); sets
+# RC, CODE and SIZE when the pull ends.
 pull_kill() {
-  local label=$1 proxy=$2 url=$3 v metrics pid cpid deadline=$((SECONDS + 10))
+  local label=$1 proxy=$2 url=$3 v metrics pid cpid deadline=$((SECONDS + 10)) base
   v=${4}_METRICS metrics=${!v}
   v=${4}_PID pid=${!v}
+  base=$(metric_of "$metrics" shoal_upload_bytes_total)
   curl -sS -o "$TEST_TMP/$label.body" -w '%{http_code}' --max-time 30 -x "$proxy" "$url" \
     >"$TEST_TMP/$label.code" 2>"$TEST_TMP/$label.err" &
   cpid=$!
-  while [ "$(metric_of "$metrics" shoal_upload_bytes_total)" -lt $((256 << 10)) ]; do
+  while [ "$(metric_of "$metrics" shoal_upload_bytes_total)" -lt $((base + (256 << 10))) ]; do
     kill -0 "$cpid" 2>/dev/null || fail "$label: the pull ended before $4 sent 256 KiB: $(cat "$TEST_TMP/$label.err")"
     [ "$SECONDS" -lt "$deadline" ] || fail "$label: $4 sent under 256 KiB in 10 s"
     sleep 0.05
   done
-  info "  $4 has sent $(metric_of "$metrics" shoal_upload_bytes_total) bytes: SIGKILL"
+  info "  $4 has sent $(($(metric_of "$metrics" shoal_upload_bytes_total) - base)) bytes for this pull: SIGKILL"
   kill -KILL "$pid"
   wait_exit "$cpid" 40
   RC=$WAIT_RC CODE=$(cat "$TEST_TMP/$label.code") SIZE=$(stat -c %s "$TEST_TMP/$label.body" 2>/dev/null || echo 0)
