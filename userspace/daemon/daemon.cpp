@@ -2,6 +2,7 @@
 
 #include <cjson/cJSON.h>
 #include <grp.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <pwd.h>
 #include <sys/socket.h>
@@ -271,6 +272,11 @@ class Daemon {
   uv_tcp_t metrics_{};
   uv_timer_t stop_timer_{};
   uv_timer_t gc_timer_{};
+  // Hands freed heap back to the kernel once the clients are gone (see
+  // trim_when_idle).
+  uv_timer_t trim_timer_{};
+  bool busy_since_trim_ = false;
+  void trim_when_idle();
   bool gc_running_ = false;
   // `shoalctl gc` callers waiting for the next GC run to finish.
   std::vector<AdminConn*> gc_waiters_;
@@ -434,6 +440,11 @@ int Daemon::setup(std::string* err) {
     uv_timer_start(
         &gc_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->start_gc(); }, 0, 60 * 1000);
   }
+
+  uv_timer_init(&loop_, &trim_timer_);
+  trim_timer_.data = this;
+  uv_timer_start(
+      &trim_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->trim_when_idle(); }, 2000, 2000);
 
   // Before any loop thread exists: they inherit the reduced sets.
   if (int r = drop_privileges(err); r != 0) return r;
@@ -1173,6 +1184,23 @@ void Daemon::begin_stop(const char* why) {
       &stop_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->check_stop(); }, 50, 50);
 }
 
+// A burst of clients leaves glibc holding their freed buffers in every
+// thread's arena (hundreds of MiB after a thousand TLS clients), which
+// counts against the unit's MemoryHigh and the node's jobs. Once no client
+// connection is left, give the free pages back; a few milliseconds on the
+// control loop, only after a busy period.
+void Daemon::trim_when_idle() {
+  size_t active = 0;
+  for (auto& w : workers_) active += w->conn_count();
+  if (active > 0) {
+    busy_since_trim_ = true;
+    return;
+  }
+  if (!busy_since_trim_ || stopping_) return;
+  busy_since_trim_ = false;
+  malloc_trim(0);
+}
+
 // Store GC runs in the thread pool (it deletes files); one at a time.
 void Daemon::start_gc() {
   if (stopping_ || !shared_.engine) {
@@ -1302,6 +1330,7 @@ void Daemon::finish() {
   uv_timer_stop(&stop_timer_);
   uv_close(reinterpret_cast<uv_handle_t*>(&stop_timer_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&gc_timer_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&trim_timer_), nullptr);
   for (uv_signal_t* s : {&sig_hup_, &sig_usr1_, &sig_term_, &sig_int_})
     uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
   if (admin_open_) {
