@@ -46,6 +46,7 @@
 #include "shoal/http/http.h"
 #include "shoal/proxy/runtime.h"
 #include "shoal/proxy/worker.h"
+#include "shoal/task/piece_hasher.h"
 #include "shoal/tls/client_hello.h"
 #include "shoal/tls/session.h"
 #include "upstream.h"
@@ -155,10 +156,7 @@ class Conn : public http::Handler, public UpstreamOwner {
     bool body_done = false, finalized = false;
     uint64_t written = 0, length = 0;
     uint32_t piece_size = 0;
-    uint64_t piece_fill = 0;
-    void* whole = nullptr;  // EVP_MD_CTX*
-    void* piece = nullptr;  // EVP_MD_CTX*
-    std::vector<task::Sha256> pieces;
+    std::unique_ptr<task::PieceHasher> hasher;  // whole object and pieces, one pass
     task::ActiveTask::Headers headers;
     std::string url;
     uint64_t start_ms = 0;

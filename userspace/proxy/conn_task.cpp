@@ -7,7 +7,7 @@
 //                   dropping Authorization when the host changes)
 //                   200 + Content-Length, no Content-Encoding ─► tee: body into
 //                       the store (write jobs in the thread pool, SHA-256 of
-//                       the whole and of every piece), client served from
+//                       the whole and of every piece in one pass), client served from
 //                       the file like any joiner, last 64 KiB held back
 //                       until the digest verifies; then commit, "peer task
 //                       done"
@@ -16,7 +16,6 @@
 // Ownership: Tee and Serve belong to the Conn. A thread-pool job or a file
 // read in flight counts in pending_jobs_, so the Conn outlives it; a job that
 // finishes after the Conn started closing only cleans up.
-#include <openssl/evp.h>
 
 #include <cstdio>
 #include <cstring>
@@ -65,8 +64,6 @@ constexpr int kMaxResumeTries = 3;
 
 using util::hex;
 
-EVP_MD_CTX* md(void* p) { return static_cast<EVP_MD_CTX*>(p); }
-
 // Response headers a task keeps and serves again.
 bool kept_header(const std::string& name) {
   for (const char* k :
@@ -78,8 +75,6 @@ bool kept_header(const std::string& name) {
 }  // namespace
 
 Conn::Tee::~Tee() {
-  if (whole) EVP_MD_CTX_free(md(whole));
-  if (piece) EVP_MD_CTX_free(md(piece));
   if (writer) writer->abort();
 }
 
@@ -684,10 +679,7 @@ void Conn::tee_streaming(const http::MessageHead& head) {
   }
   tee_->length = static_cast<uint64_t>(head.content_length);
   tee_->piece_size = task::piece_size_for(tee_->length);
-  tee_->whole = EVP_MD_CTX_new();
-  tee_->piece = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(md(tee_->whole), task::sha256_md(), nullptr);
-  EVP_DigestInit_ex(md(tee_->piece), task::sha256_md(), nullptr);
+  tee_->hasher = std::make_unique<task::PieceHasher>(tee_->piece_size);
   for (auto& h : head.headers)
     if (kept_header(h.name)) tee_->headers.emplace_back(h.name, h.value);
   // Only a strong validator may go in If-Range (RFC 9110 section 13.1.5).
@@ -731,7 +723,7 @@ void Conn::tee_body(const char* data, size_t n) {
 // (the caller fails the exchange as before) when this is not such a case.
 bool Conn::tee_resume(const std::string& why) {
   Tee* t = tee_.get();
-  if (closing_ || !t || !ex_.tee || !ex_.active || !t->whole || t->body_done || t->error || drain_ ||
+  if (closing_ || !t || !ex_.tee || !ex_.active || !t->hasher || t->body_done || t->error || drain_ ||
       t->received >= t->length)
     return false;
   if (t->received > t->resume_mark) t->resume_tries = 0;  // the last try brought bytes
@@ -916,9 +908,9 @@ void Conn::tee_kick() {
         auto* jj = static_cast<Job*>(req->data);
         Tee* t = jj->t;
         if (!jj->finalize) {
-          // Slice by slice, so each slice is written and hashed twice while
-          // it is still in the CPU's cache rather than streamed from memory
-          // three times.
+          // Slice by slice, so each slice is written and hashed while it
+          // is still in the CPU's cache rather than streamed from memory
+          // twice.
           constexpr size_t kSlice = 128 * 1024;
           const char* p = t->inflight.data();
           size_t left = t->inflight.size();
@@ -927,35 +919,15 @@ void Conn::tee_kick() {
             size_t n = left < kSlice ? left : kSlice;
             jj->rc = t->writer->write(p, n, at, &jj->err);
             if (jj->rc != 0) return;
-            EVP_DigestUpdate(md(t->whole), p, n);
+            t->hasher->update(p, n);
             at += n;
+            p += n;
             left -= n;
-            while (n > 0) {
-              uint64_t room = t->piece_size - t->piece_fill;
-              size_t k = n < room ? n : static_cast<size_t>(room);
-              EVP_DigestUpdate(md(t->piece), p, k);
-              t->piece_fill += k;
-              p += k;
-              n -= k;
-              if (t->piece_fill == t->piece_size) {
-                task::Sha256 d{};
-                EVP_DigestFinal_ex(md(t->piece), d.data(), nullptr);
-                t->pieces.push_back(d);
-                EVP_DigestInit_ex(md(t->piece), task::sha256_md(), nullptr);
-                t->piece_fill = 0;
-              }
-            }
           }
           return;
         }
-        if (t->piece_fill > 0) {
-          task::Sha256 d{};
-          EVP_DigestFinal_ex(md(t->piece), d.data(), nullptr);
-          t->pieces.push_back(d);
-        }
-        uint8_t whole[32];
-        EVP_DigestFinal_ex(md(t->whole), whole, nullptr);
-        t->got_digest = hex(whole, 32);
+        task::Sha256 whole = t->hasher->finish();
+        t->got_digest = hex(whole.data(), whole.size());
         if (t->task->by_digest() && t->got_digest != t->task->id()) {
           t->mismatch = true;
           t->writer->abort();
@@ -970,7 +942,7 @@ void Conn::tee_kick() {
         meta.digest = t->task->by_digest() ? "sha256:" + t->got_digest : "";
         meta.length = t->length;
         meta.piece_size = t->piece_size;
-        meta.pieces = t->pieces;
+        meta.pieces = t->hasher->pieces();
         meta.headers = t->headers;
         jj->rc = t->writer->commit(meta, &jj->err);
       },

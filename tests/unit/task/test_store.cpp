@@ -913,7 +913,8 @@ void test_disk_full(void**) {
 
 }  // namespace
 
-int run_task_id_tests();  // test_task_id.cpp
+int run_task_id_tests();       // test_task_id.cpp
+int run_piece_hasher_tests();  // test_piece_hasher.cpp
 
 int main() {
   const struct CMUnitTest tests[] = {
@@ -926,5 +927,5 @@ int main() {
       cmocka_unit_test(test_crash_random_kill),     cmocka_unit_test(test_disk_full),
   };
   int failed = cmocka_run_group_tests_name("task store", tests, nullptr, nullptr);
-  return failed + run_task_id_tests();
+  return failed + run_task_id_tests() + run_piece_hasher_tests();
 }
