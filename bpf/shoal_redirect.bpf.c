@@ -10,14 +10,20 @@
  *                  destination reached through a dual-stack socket).
  *                  UDP to a configured port: EPERM (QUIC falls back to TCP).
  *   sendmsg4/6     UDP sendto() to a configured port: EPERM.
- *   sockops        ACTIVE_ESTABLISHED of a redirected socket: publish
- *                  {client address, client port, listener port} -> original
- *                  destination in the LRU hash shoal_conns, which the daemon
- *                  reads (and deletes) after accept(). The SYN-ACK is handled
- *                  before the client's ACK is sent, so the entry exists before
- *                  the listener can accept the connection.
- *   getpeername4/6 a redirected socket still connected to the listener
- *                  reports the original peer.
+ *   accepted4/6    (attached to the daemon's own cgroup only) the daemon's
+ *                  getpeername() on a socket its transparent listener
+ *                  accepted: find the client's socket by the connection's
+ *                  4-tuple (bpf_sk_lookup_tcp) and copy that socket's
+ *                  original destination into the accepted socket's storage
+ *                  (shoal_accepted), which the daemon then reads with the
+ *                  accepted fd as the key. No sockops program is needed
+ *                  (attached anywhere, one turns on a check at about ten
+ *                  points of every TCP connection on the machine); the price
+ *                  is that a client which closes its socket before the
+ *                  daemon looks is not found (it has stopped listening for
+ *                  an answer by then).
+ *   getpeername4/6 (job cgroups) a redirected socket still connected to
+ *                  the listener reports the original peer.
  *
  * Never a loop: nothing is touched outside the daemon's network namespace,
  * in the daemon's own cgroup, on sockets carrying the daemon's SO_MARK, or
@@ -60,12 +66,13 @@ struct {
 	__type(value, struct shoal_orig_dst);
 } shoal_sk_orig SEC(".maps");
 
+/* On sockets the transparent listener accepted: the client's shoal_sk_orig. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct shoal_conn_key);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct shoal_orig_dst);
-} shoal_conns SEC(".maps");
+} shoal_accepted SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -169,7 +176,7 @@ static __always_inline int stash(struct bpf_sock_addr *ctx, __u32 family)
 /*
  * A socket redirected earlier, disconnected (AF_UNSPEC) and now connecting
  * where it is left alone must not keep its old original destination:
- * sockops would publish it for a direct connect to the listener.
+ * the daemon would be handed it for a direct connect to the listener.
  */
 static __always_inline void forget(struct bpf_sock_addr *ctx)
 {
@@ -294,51 +301,6 @@ int shoal_sendmsg6(struct bpf_sock_addr *ctx)
 	return udp_verdict(v);
 }
 
-SEC("sockops")
-int shoal_sockops(struct bpf_sock_ops *ctx)
-{
-	struct shoal_conn_key key = {};
-	struct shoal_orig_dst *o;
-	struct bpf_sock *sk;
-
-	if (ctx->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
-		return 1;
-	/*
-	 * remote_port is the network-order port shifted into the upper half on
-	 * little-endian hosts (a 32-bit network-order value on any host), so
-	 * bpf_ntohl() yields the host-order port; local_port is host order.
-	 */
-	if (bpf_ntohl(ctx->remote_port) != bpf_ntohs(shoal_cfg.listen_port))
-		return 1;
-	sk = ctx->sk;
-	if (!sk)
-		return 1;
-	o = bpf_sk_storage_get(&shoal_sk_orig, sk, 0, 0);
-	/*
-	 * The barriers keep clang from merging the two branches into one load
-	 * through a computed context pointer, which the verifier rejects
-	 * ("dereference of modified ctx ptr").
-	 */
-	if (ctx->family == AF_INET) {
-		key.addr[2] = bpf_htonl(0xffff);
-		key.addr[3] = ctx->local_ip4;
-		barrier();
-	} else {
-		key.addr[0] = ctx->local_ip6[0];
-		key.addr[1] = ctx->local_ip6[1];
-		key.addr[2] = ctx->local_ip6[2];
-		key.addr[3] = ctx->local_ip6[3];
-		barrier();
-	}
-	key.port = bpf_htons((__u16)ctx->local_port); /* local_port: host order */
-	key.listen_port = shoal_cfg.listen_port;
-	if (o)
-		bpf_map_update_elem(&shoal_conns, &key, o, BPF_ANY);
-	else /* a direct connect to the listener: drop a stale entry the daemon never took */
-		bpf_map_delete_elem(&shoal_conns, &key);
-	return 1;
-}
-
 /*
  * getpeername on a socket this program redirected and that is still
  * connected to the listener: report the original peer. A socket that was
@@ -377,5 +339,74 @@ int shoal_getpeername6(struct bpf_sock_addr *ctx)
 	ctx->user_ip6[2] = o->addr[2];
 	ctx->user_ip6[3] = o->addr[3];
 	ctx->user_port = o->port;
+	return 1;
+}
+
+/*
+ * The daemon's side. getpeername() on a socket of the daemon's cgroup whose
+ * local port is the transparent listener's: ctx->user_ip4/6 and user_port
+ * hold the client's address and port. The client's socket is the
+ * established one at {client} connected to {listener}, i.e. the socket a
+ * packet from the listener's address and port to the client's would reach.
+ * Only the storage is written; the address getpeername() returns is left
+ * as it is.
+ */
+static __always_inline void copy_orig(struct bpf_sock_addr *ctx, struct bpf_sock_tuple *t, __u32 tuple_len)
+{
+	struct shoal_orig_dst *o, *d;
+	struct bpf_sock *client;
+
+	client = bpf_sk_lookup_tcp(ctx, t, tuple_len, BPF_F_CURRENT_NETNS, 0);
+	if (!client)
+		return;
+	o = bpf_sk_storage_get(&shoal_sk_orig, client, 0, 0);
+	if (o) {
+		d = bpf_sk_storage_get(&shoal_accepted, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (d)
+			*d = *o;
+	}
+	bpf_sk_release(client);
+}
+
+static __always_inline int accepted_by_listener(struct bpf_sock_addr *ctx)
+{
+	/* src_port: host order */
+	return ctx->sk->src_port == bpf_ntohs(shoal_cfg.listen_port) &&
+	       bpf_get_netns_cookie(ctx) == shoal_cfg.netns_cookie;
+}
+
+SEC("cgroup/getpeername4")
+int shoal_accepted4(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock_tuple t = {};
+
+	if (!accepted_by_listener(ctx))
+		return 1;
+	t.ipv4.saddr = ctx->sk->src_ip4;
+	t.ipv4.sport = shoal_cfg.listen_port;
+	t.ipv4.daddr = ctx->user_ip4;
+	t.ipv4.dport = (__u16)ctx->user_port;
+	copy_orig(ctx, &t, sizeof(t.ipv4));
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int shoal_accepted6(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock_tuple t = {};
+
+	if (!accepted_by_listener(ctx))
+		return 1;
+	t.ipv6.saddr[0] = ctx->sk->src_ip6[0];
+	t.ipv6.saddr[1] = ctx->sk->src_ip6[1];
+	t.ipv6.saddr[2] = ctx->sk->src_ip6[2];
+	t.ipv6.saddr[3] = ctx->sk->src_ip6[3];
+	t.ipv6.sport = shoal_cfg.listen_port;
+	t.ipv6.daddr[0] = ctx->user_ip6[0];
+	t.ipv6.daddr[1] = ctx->user_ip6[1];
+	t.ipv6.daddr[2] = ctx->user_ip6[2];
+	t.ipv6.daddr[3] = ctx->user_ip6[3];
+	t.ipv6.dport = (__u16)ctx->user_port;
+	copy_orig(ctx, &t, sizeof(t.ipv6));
 	return 1;
 }

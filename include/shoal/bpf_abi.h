@@ -43,8 +43,10 @@ struct shoal_config {
 };
 
 // Where a redirected socket was going and who opened it. The value of the
-// socket-storage map shoal_sk_orig (written by connect4/6, read by sockops
-// and getpeername4/6) and of the LRU hash shoal_conns.
+// socket-storage maps shoal_sk_orig (on the client's socket: written by
+// connect4/6, read by getpeername4/6 and accepted4/6) and shoal_accepted (on
+// the socket the transparent listener accepted: written by accepted4/6 when
+// the daemon calls getpeername(), read by the daemon with that fd as key).
 struct shoal_orig_dst {
   // Destination address, network order, as the client's socket saw it:
   // family AF_INET: addr[0] is the IPv4 address, addr[1..3] are zero;
@@ -55,15 +57,4 @@ struct shoal_orig_dst {
   __u16 family;     // AF_INET or AF_INET6: the client socket's family
   __u32 tgid;       // process (thread-group) id of the connecting task, in the initial PID namespace
   __u64 cgroup_id;  // cgroup v2 id of the connecting task
-};
-
-// Key of the LRU hash shoal_conns: the client end of a redirected connection
-// as the transparent listener sees it after accept().
-struct shoal_conn_key {
-  // Client address, network order, always in IPv6 form: an IPv4 client
-  // (AF_INET socket or dual-stack socket on IPv4) as ::ffff:a.b.c.d.
-  __u32 addr[4];
-  __u16 port;         // client port, network order
-  __u16 listen_port;  // the listener's port, network order (== shoal_config.listen_port)
-  __u32 pad0;         // zero
 };

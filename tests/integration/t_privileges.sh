@@ -125,7 +125,7 @@ check_transparent() {
 $(tp_rules)"
   else
     n=$(tp_bpf_progs "$cg")
-    [ "$n" = "?" ] || assert_eq "$n" 7 "mode $mode: programs attached to $cg"
+    [ "$n" = "?" ] || assert_eq "$n" 6 "mode $mode: programs attached to $cg"
   fi
   blob_pull "mode $mode, attached at run time" tp_in "$cg"
   assert_log_has ".msg == \"connect\" and .via == \"transparent\" and .route == \"hijack\""

@@ -38,7 +38,7 @@ assert_log_has ".msg == \"cgroup not attached; attached once it exists\" and .cg
 mkdir "$SL_SCOPE" || fail "cannot make $SL_SCOPE"
 sl_wait_attached "$SL_SCOPE" yes "after slurmd made its scope"
 assert_log_has ".msg == \"cgroup attached\" and .cgroup == \"$SL_SCOPE\" and .reason == \"transparent.cgroups\""
-assert_eq "$(sl_links)" "$((links0 + 7))" "shoald's BPF links with the scope attached"
+assert_eq "$(sl_links)" "$((links0 + 6))" "shoald's BPF links with the scope attached"
 
 A=$((200000 + RANDOM))
 B=$((A + 1))
@@ -57,7 +57,7 @@ info "job $A's cgroups vanish"
 sl_end_job "$A"
 sleep 1.5 # a sweep or more
 assert_eq "$(sl_attached | tr '\n' ' ')" "$SL_SCOPE " "attached cgroups after job $A ended"
-assert_eq "$(sl_links)" "$((links0 + 7))" "shoald's BPF links after job $A ended"
+assert_eq "$(sl_links)" "$((links0 + 6))" "shoald's BPF links after job $A ended"
 sl_pull "$task_b" "job $B after job $A ended"
 
 info "slurmd restarted: its scope removed and made again"
@@ -67,7 +67,7 @@ mkdir "$SL_SCOPE" || fail "cannot make $SL_SCOPE again"
 sl_wait_attached "$SL_SCOPE" yes "after the scope was made again"
 # The same path, a new cgroup: attached afresh (the old links released).
 assert_log_has ".msg == \"attached cgroup removed; detached\" and .cgroup == \"$SL_SCOPE\""
-assert_eq "$(sl_links)" "$((links0 + 7))" "shoald's BPF links after the scope was made again"
+assert_eq "$(sl_links)" "$((links0 + 6))" "shoald's BPF links after the scope was made again"
 task_c=$(sl_step "$((A + 2))" 0)
 sl_pull "$task_c" "job $((A + 2)) in the new scope"
 

@@ -9,7 +9,7 @@
 #          a curl in step_0's task cgroup, with no proxy variables, pulls a
 #          blob through shoald. Then the job's cgroups vanish while
 #          attached, as slurmstepd removes them: shoald drops job_A from its
-#          list and status and releases its seven links on its own; the
+#          list and status and releases its six links on its own; the
 #          epilog afterwards is a clean no-op (exit 0, "no longer exists").
 #   job B: the usual order, epilog before the cgroup goes: detached, and the
 #          empty job cgroup the prolog made is removed.
@@ -41,7 +41,7 @@ info "prolog: $out"
 [ -d "$SL_SCOPE/job_$A" ] || fail "the prolog did not make job_$A"
 [ -e "$SHOAL_SLURM_STATE/job_$A.made" ] || fail "the prolog did not note that it made job_$A"
 sl_is_attached "$SL_SCOPE/job_$A" || fail "job_$A not attached after the prolog: $(sl_attached)"
-assert_eq "$(sl_links)" "$((links0 + 7))" "shoald's BPF links after attaching job_$A"
+assert_eq "$(sl_links)" "$((links0 + 6))" "shoald's BPF links after attaching job_$A"
 assert_log_has ".msg == \"cgroup attached\" and .cgroup == \"$SL_SCOPE/job_$A\" and .by == \"shoalctl\""
 
 task=$(sl_step "$A" 0)

@@ -609,7 +609,15 @@ tp_suite() {
   assert_eq "$(tp_t cgroup2)" "$TP_CG2" "cgroup2 mount the daemon found"
   if [ "$mode" = ebpf ]; then
     n=$(tp_bpf_progs "$job")
-    [ "$n" = "?" ] || assert_eq "$n" 7 "Shoal programs attached to $job"
+    [ "$n" = "?" ] || assert_eq "$n" 6 "Shoal programs attached to $job"
+    # The daemon's side: accepted4/6 on its own cgroup, and no sock_ops
+    # program anywhere (one would cost every TCP connection on the host).
+    if command -v bpftool >/dev/null; then
+      dcg=$TP_CG2$(awk -F: '$1 == "0" { print $3 }' "/proc/$SHOALD_PID/cgroup")
+      assert_eq "$(bpftool cgroup show "$dcg" 2>/dev/null | grep -c 'shoal_accepted[46]')" 2 \
+        "accepted4/6 attached to the daemon's cgroup $dcg"
+      assert_eq "$(bpftool cgroup tree 2>/dev/null | grep -c 'sock_ops.*shoal_')" 0 "Shoal sock_ops programs attached"
+    fi
   else
     tp_rules | grep -q -- "--path \"\\?/$TP_ROOT_REL/job\"\\? .*REDIRECT" || fail "no REDIRECT rule for /$TP_ROOT_REL/job:
 $(tp_rules)"

@@ -1,8 +1,9 @@
 // The eBPF backend: loads bpf/shoal_redirect.bpf.c through its libbpf
-// skeleton, attaches its seven programs to job cgroups with bpf_links that
-// only this object holds (never pinned: if the daemon dies the kernel drops
-// them and jobs connect directly), and answers original_dst() from the LRU
-// hash the sockops program fills.
+// skeleton, attaches its six job programs to job cgroups and its two
+// accepted4/6 programs to the daemon's own cgroup, with bpf_links that only
+// this object holds (never pinned: if the daemon dies the kernel drops them
+// and jobs connect directly), and answers original_dst() from the socket
+// storage accepted4/6 fill on the daemon's getpeername().
 //
 // The skeleton is generated into $(BUILD)/bpf by the Makefile and included
 // here only. Errors from libbpf arrive as NULL/negative returns with errno
@@ -55,11 +56,6 @@ static_assert(offsetof(shoal_orig_dst, port) == 16, "shoal_orig_dst layout");
 static_assert(offsetof(shoal_orig_dst, family) == 18, "shoal_orig_dst layout");
 static_assert(offsetof(shoal_orig_dst, tgid) == 20, "shoal_orig_dst layout");
 static_assert(offsetof(shoal_orig_dst, cgroup_id) == 24, "shoal_orig_dst layout");
-static_assert(sizeof(shoal_conn_key) == 24, "shoal_conn_key size");
-static_assert(offsetof(shoal_conn_key, addr) == 0, "shoal_conn_key layout");
-static_assert(offsetof(shoal_conn_key, port) == 16, "shoal_conn_key layout");
-static_assert(offsetof(shoal_conn_key, listen_port) == 18, "shoal_conn_key layout");
-static_assert(offsetof(shoal_conn_key, pad0) == 20, "shoal_conn_key layout");
 static_assert(SHOAL_PORT_BITMAP_BYTES * 8 == 65536, "one bit per port");
 
 namespace shoal::redirect {
@@ -197,10 +193,11 @@ class EbpfBackend final : public Backend {
       : skel_(skel),
         mount_(std::move(mount)),
         listen_port_(listen_port),
-        conns_fd_(bpf_map__fd(skel->maps.shoal_conns)),
+        accepted_fd_(bpf_map__fd(skel->maps.shoal_accepted)),
         stats_fd_(bpf_map__fd(skel->maps.shoal_stats)) {}
 
   ~EbpfBackend() override {
+    destroy_links(&daemon_links_);
     for (Attachment& a : attached_) destroy_links(&a.links);
     shoal_redirect_bpf__destroy(skel_);
   }
@@ -272,32 +269,28 @@ class EbpfBackend final : public Backend {
     return out;
   }
 
-  // Lock-free: one bpf(2) call on a map fd that lives as long as this object.
-  bool original_dst(int /*fd*/, const sockaddr_storage& peer, OriginalDst* out, std::string* err) override {
-    shoal_conn_key key{};
-    if (peer.ss_family == AF_INET) {
-      sockaddr_in sin;
-      std::memcpy(&sin, &peer, sizeof sin);
-      key.addr[2] = htonl(0xffff);
-      key.addr[3] = sin.sin_addr.s_addr;
-      key.port = sin.sin_port;
-    } else if (peer.ss_family == AF_INET6) {
-      sockaddr_in6 sin6;
-      std::memcpy(&sin6, &peer, sizeof sin6);
-      std::memcpy(key.addr, &sin6.sin6_addr, sizeof key.addr);
-      key.port = sin6.sin6_port;
-    } else {
+  // Lock-free: getpeername(2), which runs accepted4/6 (the caller's own
+  // call would do, but this one makes the order certain), and one bpf(2)
+  // call on a map fd that lives as long as this object.
+  bool original_dst(int fd, const sockaddr_storage& peer, OriginalDst* out, std::string* err) override {
+    if (peer.ss_family != AF_INET && peer.ss_family != AF_INET6) {
       *err = "original destination of " + util::sockaddr_str(peer) + ": not an IP peer";
       return false;
     }
-    key.listen_port = htons(listen_port_);
+    sockaddr_storage again{};
+    socklen_t len = sizeof again;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&again), &len) != 0) {
+      *err = "getpeername of peer " + util::sockaddr_str(peer) + ": " + errno_str(errno);
+      return false;
+    }
     shoal_orig_dst v{};
-    if (bpf_map_lookup_and_delete_elem(conns_fd_, &key, &v) != 0) {
+    if (bpf_map_lookup_elem(accepted_fd_, &fd, &v) != 0) {
       int e = errno;
       if (e == ENOENT)
-        *err = "no original destination for peer " + util::sockaddr_str(peer) + " (not redirected)";
+        *err = "no original destination for peer " + util::sockaddr_str(peer) +
+               " (not redirected, or the client closed first)";
       else
-        *err = "shoal_conns lookup for peer " + util::sockaddr_str(peer) + ": " + errno_str(e);
+        *err = "shoal_accepted lookup for peer " + util::sockaddr_str(peer) + ": " + errno_str(e);
       return false;
     }
     if (!to_sockaddr(v, &out->addr)) {
@@ -328,11 +321,17 @@ class EbpfBackend final : public Backend {
     return s;
   }
 
-  // Attaches every program to the cgroup directory abs; on failure destroys
-  // what it attached and says which program failed. what: "cgroup" or
-  // "scratch cgroup", for the message.
-  bool attach_links(const std::string& abs, const char* what, std::vector<bpf_link*>* links,
-                    std::string* err) {
+  // The programs that belong on the daemon's own cgroup, not on jobs'.
+  bool daemon_side(const bpf_program* p) const {
+    return p == skel_->progs.shoal_accepted4 || p == skel_->progs.shoal_accepted6;
+  }
+
+  // Attaches the job programs (daemon: the daemon's two instead) to the
+  // cgroup directory abs; on failure destroys what it attached and says
+  // which program failed. what: "cgroup", "scratch cgroup" or "the daemon's
+  // cgroup", for the message.
+  bool attach_links(const std::string& abs, const char* what, std::vector<bpf_link*>* links, std::string* err,
+                    bool daemon = false) {
     int cg = open(abs.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (cg < 0) {
       *err = std::string("open ") + what + " " + abs + ": " + errno_str(errno);
@@ -340,6 +339,7 @@ class EbpfBackend final : public Backend {
     }
     bpf_program* p = nullptr;
     bpf_object__for_each_program(p, skel_->obj) {
+      if (daemon_side(p) != daemon) continue;
       bpf_link* link = bpf_program__attach_cgroup(p, cg);
       if (link == nullptr) {
         int e = errno;
@@ -361,6 +361,13 @@ class EbpfBackend final : public Backend {
     links->clear();
   }
 
+  // accepted4/6 on the cgroup the daemon's listeners were created in: the
+  // kernel runs getpeername hooks of the socket's cgroup, and an accepted
+  // socket inherits its listener's.
+  bool attach_daemon(const std::string& own, std::string* err) {
+    return attach_links(own, "the daemon's cgroup", &daemon_links_, err, true);
+  }
+
  private:
   struct Attachment {
     std::string path;
@@ -376,8 +383,9 @@ class EbpfBackend final : public Backend {
   shoal_redirect_bpf* skel_;
   const std::string mount_;
   const uint16_t listen_port_;
-  const int conns_fd_;
+  const int accepted_fd_;
   const int stats_fd_;
+  std::vector<bpf_link*> daemon_links_;  // accepted4/6 on the daemon's cgroup
   mutable std::mutex mu_;
   std::vector<Attachment> attached_;  // guarded by mu_
 };
@@ -426,14 +434,13 @@ std::unique_ptr<Backend> open_ebpf(const Options& opt, std::string* err) {
   uint64_t cookie = 0;
   if (!netns_cookie(&cookie, err)) return nullptr;
 
-  uint64_t daemon_cg = opt.daemon_cgroup_id;
-  if (daemon_cg == 0) {
-    std::string own, why;
-    if (!cgroup_of_pid(getpid(), mount, &own, &why) || (daemon_cg = cgroup_id(own, &why)) == 0) {
-      *err = "ebpf: the daemon's own cgroup: " + why;
-      return nullptr;
-    }
+  std::string own, why;
+  uint64_t own_id = 0;
+  if (!cgroup_of_pid(getpid(), mount, &own, &why) || (own_id = cgroup_id(own, &why)) == 0) {
+    *err = "ebpf: the daemon's own cgroup: " + why;
+    return nullptr;
   }
+  const uint64_t daemon_cg = opt.daemon_cgroup_id != 0 ? opt.daemon_cgroup_id : own_id;
 
   LibbpfCapture capture;
   auto with_log = [&capture](std::string msg) {
@@ -463,6 +470,11 @@ std::unique_ptr<Backend> open_ebpf(const Options& opt, std::string* err) {
 
   auto backend = std::make_unique<EbpfBackend>(skel, mount, opt.listen_port);
   if (!probe(backend.get(), mount, err)) return nullptr;
+  std::string e;
+  if (!backend->attach_daemon(own, &e)) {
+    *err = "ebpf: " + e;
+    return nullptr;
+  }
   return backend;
 }
 

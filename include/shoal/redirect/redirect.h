@@ -3,11 +3,13 @@
 // how the listener learns where each accepted connection was going.
 //
 // Two backends behind one interface:
-//   ebpf      cgroup/connect4+6, sockops, getpeername4+6 and sendmsg4+6
-//             programs (bpf/shoal_redirect.bpf.c) attached with bpf_links the
-//             daemon owns (never pinned: if shoald dies the kernel detaches
-//             them and jobs connect directly — fail-open); the original
-//             destination comes from an LRU hash map filled by sockops.
+//   ebpf      cgroup/connect4+6, getpeername4+6 and sendmsg4+6 programs on
+//             job cgroups and getpeername4+6 on the daemon's own
+//             (bpf/shoal_redirect.bpf.c), attached with bpf_links the daemon
+//             owns (never pinned: if shoald dies the kernel detaches them
+//             and jobs connect directly — fail-open); the original
+//             destination is copied from the client's socket to the
+//             accepted one when the daemon calls getpeername() on it.
 //   iptables  chains of Shoal's own (iptables and ip6tables): SHOAL-REDIRECT
 //             in nat OUTPUT with one `-m cgroup --path` REDIRECT rule per
 //             attached cgroup, SHOAL-REJECT in filter OUTPUT refusing UDP to
@@ -81,7 +83,9 @@ class Backend {
   virtual std::vector<std::string> prune(std::vector<std::string>* errs) = 0;
   // The original destination of a connection accepted on the transparent
   // listener (fd: the accepted socket; peer: its remote address, i.e. the
-  // client's own address and port). The eBPF backend removes the map entry.
+  // client's own address and port). Calls for the same connection give the
+  // same answer. The eBPF backend finds the client's socket, so not one
+  // that has already been closed.
   // False with *err when there is none (the connection was not redirected).
   virtual bool original_dst(int fd, const sockaddr_storage& peer, OriginalDst* out, std::string* err) = 0;
   virtual Stats stats() const = 0;
