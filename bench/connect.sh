@@ -171,13 +171,23 @@ measure() {
   say "  $phase $set run $run: $(awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^(label|p50_us)=/) printf "%s ", $i }' <<<"$out")"
 }
 
-# prog_stats: "ID NAME RUN_TIME_NS RUN_CNT" for each program attached to $CGJ.
+# prog_stats: "ID NAME RUN_TIME_NS RUN_CNT" for each program attached to $CGJ
+# and each Shoal program on shoald's own cgroup (accepted4/6, which run when
+# shoald looks up a redirected connection's destination).
 prog_stats() {
-  bpftool cgroup show "$CGJ" --json | python3 -c '
+  local own
+  own=$(awk -F: '$1 == "0" { print $3 }' "/proc/$SHOALD_PID/cgroup")
+  { bpftool cgroup show "$CGJ" --json; echo; bpftool cgroup show "$CG2$own" --json; } | python3 -c '
 import json, subprocess, sys
-for p in json.load(sys.stdin):
-    s = json.loads(subprocess.check_output(["bpftool", "prog", "show", "id", str(p["id"]), "--json"]))
-    print(p["id"], s.get("name", p.get("name", "?")), s.get("run_time_ns", 0), s.get("run_cnt", 0))'
+seen = set()
+for i, line in enumerate(l for l in sys.stdin.read().splitlines() if l.strip()):
+    for p in json.loads(line):
+        name = p.get("name", "")
+        if p["id"] in seen or (i == 1 and not name.startswith("shoal_accepted")):
+            continue
+        seen.add(p["id"])
+        s = json.loads(subprocess.check_output(["bpftool", "prog", "show", "id", str(p["id"]), "--json"]))
+        print(p["id"], s.get("name", name or "?"), s.get("run_time_ns", 0), s.get("run_cnt", 0))'
 }
 
 # bpf_cost CASE_LABEL CASE: one connlat run of CASE alone with
@@ -196,22 +206,28 @@ bpf_cost() {
   echo "conn phase=ebpf run=1 set=stats $out" >>"$RAW"
 }
 
-redirect_counts() {  # "redirected no_original_destination" from shoald's metrics
+# "redirected no_original_destination client_gone" from shoald's metrics.
+# connlat closes each connection right after connect(): with the eBPF
+# backend, one that shoald looks up after that is "client_gone".
+redirect_counts() {
   echo "$(metric "$SHOALD_METRICS" 'shoal_transparent_connections_total{result="redirected"}')" \
-    "$(metric "$SHOALD_METRICS" 'shoal_transparent_connections_total{result="no_original_destination"}')"
+    "$(metric "$SHOALD_METRICS" 'shoal_transparent_connections_total{result="no_original_destination"}')" \
+    "$(metric "$SHOALD_METRICS" 'shoal_transparent_connections_total{result="client_gone"}')"
 }
 
 # check_redirects PHASE BEFORE LABEL: every connect of case LABEL in this
 # phase reached shoald with its original destination.
 check_redirects() {
-  local want got r0 u0 r1 u1
-  read -r r0 u0 <<<"$2"
-  read -r r1 u1 <<<"$(redirect_counts)"
+  local want got r0 u0 g0 r1 u1 g1
+  read -r r0 u0 g0 <<<"$2"
+  read -r r1 u1 g1 <<<"$(redirect_counts)"
   want=$(awk -v p="$1" -v l="$3" '$1 == "conn" && index($0, " phase=" p " ") && index($0, " label=" l " ") {
     for (i = 1; i <= NF; i++) if ($i ~ /^connects=/) { sub(/connects=/, "", $i); s += $i } } END { print s + 0 }' "$RAW")
   got=$((r1 - r0))
-  echo "check phase=$1 redirect_case=$3 connects=$want shoald_redirected=$got shoald_no_original_destination=$((u1 - u0))" >>"$RAW"
-  [ "$got" -eq "$want" ] || say "warning: $1: shoald saw $got redirected connections, connlat made $want"
+  echo "check phase=$1 redirect_case=$3 connects=$want shoald_redirected=$got shoald_no_original_destination=$((u1 - u0))" \
+    "shoald_client_gone=$((g1 - g0))" >>"$RAW"
+  [ "$((got + g1 - g0))" -eq "$want" ] ||
+    say "warning: $1: shoald saw $got redirected connections and $((g1 - g0)) already closed, connlat made $want"
   [ "$u1" -eq "$u0" ] || say "warning: $1: $((u1 - u0)) connections reached shoald without an original destination"
 }
 

@@ -42,7 +42,7 @@ tp_kernel_at_least() {
 }
 
 # tp_need_ebpf: skips unless the kernel has what the eBPF backend uses:
-# cgroup sock_addr and sock_ops programs (bpftool's probe), getpeername
+# cgroup sock_addr programs (bpftool's probe), getpeername
 # hooks (5.8), SO_NETNS_COOKIE (5.14) and, on a hybrid host, the cgroup
 # fix of 5.15.
 tp_need_ebpf() {
@@ -53,7 +53,7 @@ tp_need_ebpf() {
     local probe
     probe=$(bpftool feature probe kernel 2>/dev/null) || true
     local t
-    for t in cgroup_sock_addr sock_ops; do
+    for t in cgroup_sock_addr; do
       grep -q "^eBPF program_type $t is available" <<<"$probe" ||
         skip "kernel $(uname -r) has no BPF program type $t (bpftool feature probe kernel)"
     done
@@ -423,6 +423,37 @@ tp_pulls() {
 # tp_probe ARGS...: transparent_probe.py with the interpreter the test uses.
 tp_probe() { python3 "$TP_PROBE" "$@"; }
 
+# tp_closed_clients CG: two clients in CG that close right after connecting
+# (a port probe, the loser of a Happy Eyeballs race), the second after
+# sending 10 bytes. Each is either looked up in time (redirected) or, with
+# the eBPF backend, found closed already (client_gone, its bytes dropped with
+# a warning that counts them); never "without an original destination".
+tp_closed_clients() {
+  local cg=$1 r0 g0 u0 r g u i mark
+  local red='shoal_transparent_connections_total{result="redirected"}'
+  local gone='shoal_transparent_connections_total{result="client_gone"}'
+  local unk='shoal_transparent_connections_total{result="no_original_destination"}'
+  mark=$(log_mark "$(shoal_log)")
+  r0=$(metric "$red") g0=$(metric "$gone") u0=$(metric "$unk")
+  info "clients that close at once, from inside"
+  tp_in "$cg" python3 -c '
+import socket, sys
+for payload in (b"", b"0123456789"):
+    s = socket.create_connection((sys.argv[1], 443), timeout=5)
+    if payload:
+        s.sendall(payload)
+    s.close()' "$SHOAL_TEST_REGISTRY_IP" || fail "connect-and-close clients failed"
+  for i in $(seq 50); do
+    r=$(metric "$red") g=$(metric "$gone") u=$(metric "$unk")
+    [ $((r - r0 + g - g0)) -ge 2 ] && break
+    sleep 0.1
+  done
+  assert_eq "$((r - r0 + g - g0))" 2 "closed clients counted redirected ($((r - r0))) or client_gone ($((g - g0)))"
+  assert_eq "$((u - u0))" 0 "closed clients counted without an original destination"
+  log_since "$(shoal_log)" "$mark" | jq -r 'fromjson? | select(.msg | startswith("transparent client closed")) | .bytes' -R |
+    while read -r b; do assert_eq "$b" 10 "bytes reported dropped for a closed client"; done
+}
+
 # tp_inside_probes CG: getpeername, UDP and the IPv6 loopback origin, from a
 # job in the attached cgroup CG (absolute).
 tp_inside_probes() {
@@ -627,6 +658,7 @@ $(tp_rules)"
   tp_pulls "in-cgroup" "$(tp_cgid "$job")" tp_in "$job"
   tp_pulls "shoalctl-run" any "$BUILD/shoalctl" --socket "$SHOALD_ADMIN_SOCKET" run --
   tp_inside_probes "$job"
+  tp_closed_clients "$job"
   tp_outside_probes "$job"
   tp_detach_attach "$job" "$TP_ROOT_REL/job"
   tp_stop_clean "$job"

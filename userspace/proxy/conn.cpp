@@ -3,6 +3,8 @@
 #include <arpa/inet.h>
 #include <mbedtls/base64.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <cstdio>
@@ -51,6 +53,9 @@ struct Metrics {
   obs::Counter& transparent_unknown = obs::metrics().counter(
       "shoal_transparent_connections_total", "Connections accepted on the transparent listener, by outcome",
       "result=\"no_original_destination\"");
+  obs::Counter& transparent_gone = obs::metrics().counter(
+      "shoal_transparent_connections_total", "Connections accepted on the transparent listener, by outcome",
+      "result=\"client_gone\"");
   obs::Histogram& duration = obs::metrics().histogram("shoal_request_duration_seconds",
                                                       "Time from request head to the end of the response");
 };
@@ -315,12 +320,29 @@ void Conn::transparent_begin() {
             uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&peer), &len) == 0 &&
             be->original_dst(fd, peer, &od, &err);
   if (!ok) {
-    // Not redirected by Shoal's hooks or rules (e.g. a direct connect to
-    // the listener): there is nowhere to send it.
-    m().transparent_unknown.inc();
-    obs::log_warn("transparent connection without an original destination")
-        .str("client", peer_addr_)
-        .str("error", err);
+    // The eBPF backend reads the destination off the client's socket, so a
+    // client that has closed it already (a connect-and-close probe, the
+    // loser of a Happy Eyeballs race) is not found: it no longer waits for
+    // an answer. Anything else was not redirected by Shoal's hooks or rules
+    // (e.g. a direct connect to the listener): there is nowhere to send it.
+    tcp_info ti{};
+    socklen_t tl = sizeof ti;
+    int pending = 0;
+    bool gone = fd >= 0 && getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 &&
+                (ti.tcpi_state == TCP_CLOSE_WAIT || ti.tcpi_state == TCP_CLOSE || ti.tcpi_state == TCP_LAST_ACK);
+    if (gone) {
+      m().transparent_gone.inc();
+      ioctl(fd, FIONREAD, &pending);
+      if (pending > 0)
+        obs::log_warn("transparent client closed before its original destination was read; its bytes are dropped")
+            .str("client", peer_addr_)
+            .num("bytes", pending);
+    } else {
+      m().transparent_unknown.inc();
+      obs::log_warn("transparent connection without an original destination")
+          .str("client", peer_addr_)
+          .str("error", err);
+    }
     close_all(true);
     return;
   }
