@@ -368,11 +368,17 @@ static __always_inline void copy_orig(struct bpf_sock_addr *ctx, struct bpf_sock
 	bpf_sk_release(client);
 }
 
+/*
+ * A socket of the transparent listener whose destination is not copied yet
+ * (shoald calls getpeername() more than once per connection; the lookup is
+ * the expensive part).
+ */
 static __always_inline int accepted_by_listener(struct bpf_sock_addr *ctx)
 {
 	/* src_port: host order */
 	return ctx->sk->src_port == bpf_ntohs(shoal_cfg.listen_port) &&
-	       bpf_get_netns_cookie(ctx) == shoal_cfg.netns_cookie;
+	       bpf_get_netns_cookie(ctx) == shoal_cfg.netns_cookie &&
+	       !bpf_sk_storage_get(&shoal_accepted, ctx->sk, 0, 0);
 }
 
 SEC("cgroup/getpeername4")

@@ -328,13 +328,15 @@ void Conn::transparent_begin() {
     tcp_info ti{};
     socklen_t tl = sizeof ti;
     int pending = 0;
-    bool gone = fd >= 0 && getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 &&
-                (ti.tcpi_state == TCP_CLOSE_WAIT || ti.tcpi_state == TCP_CLOSE || ti.tcpi_state == TCP_LAST_ACK);
+    bool gone =
+        fd >= 0 && getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 &&
+        (ti.tcpi_state == TCP_CLOSE_WAIT || ti.tcpi_state == TCP_CLOSE || ti.tcpi_state == TCP_LAST_ACK);
     if (gone) {
       m().transparent_gone.inc();
       ioctl(fd, FIONREAD, &pending);
       if (pending > 0)
-        obs::log_warn("transparent client closed before its original destination was read; its bytes are dropped")
+        obs::log_warn(
+            "transparent client closed before its original destination was read; its bytes are dropped")
             .str("client", peer_addr_)
             .num("bytes", pending);
     } else {
