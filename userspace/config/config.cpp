@@ -82,7 +82,7 @@
 //     listen: 0.0.0.0:65002     # where other peers fetch pieces from this one
 //     advertise: ""             # ip:port given to the scheduler; "" = derived at start
 //     labels: {}                # strings for the scheduler's placement, e.g. {rack: r12}
-//     uploadSlots: 16           # pieces served to other peers at once (1-4096)
+//     uploadSlots: 2            # pieces served to other peers at once (1-4096)
 //     uploadRate: 0             # bytes/s served to other peers; 0 = unlimited
 //     parallelParents: 4        # parents one download takes pieces from (1-64)
 //     stallRate: 64KiB          # a parent slower than this for stallTime ...

@@ -150,7 +150,7 @@ struct Config {
   Endpoint peer_listen{"0.0.0.0", 65002};   // p2p.listen "ip:port"
   std::string peer_advertise;               // p2p.advertise "ip:port"; "" = derive at start
   std::map<std::string, std::string> peer_labels;  // p2p.labels: mapping of strings (e.g. rack: r12)
-  uint32_t upload_slots = 16;                      // p2p.uploadSlots (1..4096)
+  uint32_t upload_slots = 2;                       // p2p.uploadSlots (1..4096)
   uint64_t upload_rate = 0;         // p2p.uploadRate, bytes/s, 0 = unlimited; syntax: see parse_rate()
   uint32_t parallel_parents = 4;    // p2p.parallelParents (1..64)
   uint64_t stall_rate = 64 * 1024;  // p2p.stallRate, bytes/s (same syntax as uploadRate)

@@ -77,7 +77,7 @@ struct EngineOptions {
   uint16_t listen_port = 65002;
   std::string advertise;  // "ip:port"
   Labels labels;
-  uint32_t upload_slots = 16;
+  uint32_t upload_slots = 2;
   uint64_t upload_rate = 0;
   uint32_t parallel_parents = 4;
   uint64_t stall_rate = 64 * 1024;

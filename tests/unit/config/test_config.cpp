@@ -824,7 +824,7 @@ void test_p2p_defaults(void**) {
   assert_int_equal(c.peer_listen.port, 65002);
   assert_string_equal(c.peer_advertise.c_str(), "");
   assert_int_equal(c.peer_labels.size(), 0);
-  assert_int_equal(c.upload_slots, 16);
+  assert_int_equal(c.upload_slots, 2);
   assert_int_equal(c.upload_rate, 0);
   assert_int_equal(c.parallel_parents, 4);
   assert_int_equal(c.stall_rate, 64 * 1024);
