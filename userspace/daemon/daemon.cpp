@@ -275,7 +275,9 @@ class Daemon {
   // Hands freed heap back to the kernel once the clients are gone (see
   // trim_when_idle).
   uv_timer_t trim_timer_{};
+  static constexpr uint64_t kTrimTickMs = 250, kTrimIdleMs = 500;
   bool busy_since_trim_ = false;
+  uint64_t idle_since_ms_ = 0;  // loop time the last client left; 0 while any is connected
   void trim_when_idle();
   bool gc_running_ = false;
   // `shoalctl gc` callers waiting for the next GC run to finish.
@@ -444,7 +446,8 @@ int Daemon::setup(std::string* err) {
   uv_timer_init(&loop_, &trim_timer_);
   trim_timer_.data = this;
   uv_timer_start(
-      &trim_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->trim_when_idle(); }, 2000, 2000);
+      &trim_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->trim_when_idle(); }, kTrimTickMs,
+      kTrimTickMs);
 
   // Before any loop thread exists: they inherit the reduced sets.
   if (int r = drop_privileges(err); r != 0) return r;
@@ -1187,16 +1190,20 @@ void Daemon::begin_stop(const char* why) {
 // A burst of clients leaves glibc holding their freed buffers in every
 // thread's arena (hundreds of MiB after a thousand TLS clients), which
 // counts against the unit's MemoryHigh and the node's jobs. Once no client
-// connection is left, give the free pages back; a few milliseconds on the
-// control loop, only after a busy period.
+// connection has been left for kTrimIdleMs, give the free pages back: a few
+// milliseconds on the control loop, once per busy period, and the memory is
+// back within a second of the last client leaving.
 void Daemon::trim_when_idle() {
   size_t active = 0;
   for (auto& w : workers_) active += w->conn_count();
+  const uint64_t now = uv_now(&loop_);
   if (active > 0) {
     busy_since_trim_ = true;
+    idle_since_ms_ = 0;
     return;
   }
-  if (!busy_since_trim_ || stopping_) return;
+  if (idle_since_ms_ == 0) idle_since_ms_ = now;
+  if (!busy_since_trim_ || stopping_ || now - idle_since_ms_ < kTrimIdleMs) return;
   busy_since_trim_ = false;
   malloc_trim(0);
 }
