@@ -729,7 +729,8 @@ int main(int argc, char** argv) {
   std::thread th;
   if (probing) {
     double until = now_s() + o.probe_seconds;
-    th = std::thread([&] {
+    // until by value: this block ends while the thread still runs.
+    th = std::thread([&, until] {
       prober.run(until);
       probing = false;
     });

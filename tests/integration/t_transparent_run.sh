@@ -80,7 +80,7 @@ exit 3
 EOF
 chmod 0755 "$u/job.sh"
 mark=$(log_mark "$(shoal_log)")
-red0=$(tp_t redirected)
+red0=$(tp_redirected_net)
 rc=0
 as_user "'$ctl' --socket '$sock' run --cgroup userjob -- $u/job.sh" || rc=$?
 assert_eq "$rc" 3 "exit status of the user's job"
