@@ -308,20 +308,19 @@ class Verifier::NonceCache {
   NonceCache(const NonceCache&) = delete;
   NonceCache& operator=(const NonceCache&) = delete;
 
-  size_t size() const { return count_; }
-
   // Starts loading key's home slot, so that the lookup after the MAC check
   // finds it in cache. Reads only what the constructor set: any thread may
   // call it without the lock.
   void prefetch(const NonceKey& key) const { __builtin_prefetch(&index_[home(key)]); }
 
-  // Forgets the nonces accepted before t.
-  void forget_before(int64_t t) {
-    while (count_ > 0 && ring_[head_].at < t) {
-      erase_slot(find_slot(ring_[head_].key, static_cast<uint32_t>(head_ + 1)));
-      head_ = head_ + 1 == cap_ ? 0 : head_ + 1;
-      --count_;
-    }
+  // Forgets the nonces accepted before t: at once for lookups (cutoff_),
+  // and out of the ring and index at most `budget` of them now. Forgetting
+  // a whole second's nonces in one go stalled the caller for milliseconds
+  // at 50,000 requests/s (each removal is a random probe of a large index);
+  // a few per request keep up with any rate that fills the cache.
+  void forget_before(int64_t t, size_t budget) {
+    cutoff_ = std::max(cutoff_, t);
+    for (; budget > 0 && count_ > 0 && ring_[head_].at < cutoff_; --budget) drop_head();
     if (count_ == 0) {
       head_ = 0;
       // A burst that filled many pages leaves none of them in use: give them
@@ -330,12 +329,24 @@ class Verifier::NonceCache {
     }
   }
 
+  // Nonces still remembered (not yet forgotten in time). The ring is in
+  // order of acceptance, so the forgotten ones it still holds are a prefix.
+  size_t live() const { return count_ - forgotten_held(); }
+  // Entries in the ring: remembered, or forgotten and not yet removed.
+  size_t held() const { return count_; }
+
   // Remembers key, accepted at `at` (never before the newest entry's time).
-  // False when the key is already remembered or the cache is full.
+  // False when the key is remembered already or the cache is full.
   bool insert(const NonceKey& key, int64_t at) {
     size_t i = home(key);
     for (uint32_t s; (s = index_[i]) != 0; i = (i + 1) & mask_) {
-      if (ring_[s - 1].key == key) return false;
+      if (!(ring_[s - 1].key == key)) continue;
+      if (ring_[s - 1].at >= cutoff_) return false;
+      // Forgotten in time but still held (a nonce used again past its
+      // window): remove every forgotten entry, then look again. Only a
+      // holder of the secret can get here.
+      while (count_ > 0 && ring_[head_].at < cutoff_) drop_head();
+      return insert(key, at);
     }
     if (count_ >= cap_) return false;
     size_t tail = head_ + count_;
@@ -376,6 +387,28 @@ class Verifier::NonceCache {
     return static_cast<size_t>(((k.hi ^ k.lo * 0xff51afd7ed558ccdull) * 0x9e3779b97f4a7c15ull) >> shift_);
   }
 
+  void drop_head() {
+    erase_slot(find_slot(ring_[head_].key, static_cast<uint32_t>(head_ + 1)));
+    head_ = head_ + 1 == cap_ ? 0 : head_ + 1;
+    --count_;
+  }
+
+  // How many of the held entries, from the oldest, were accepted before
+  // cutoff_: a binary search over the ring's order.
+  size_t forgotten_held() const {
+    size_t lo = 0, hi = count_;
+    while (lo < hi) {
+      const size_t mid = lo + (hi - lo) / 2;
+      size_t pos = head_ + mid;
+      if (pos >= cap_) pos -= cap_;
+      if (ring_[pos].at < cutoff_)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    return lo;
+  }
+
   // The index slot holding value (a ring position + 1, known to be there).
   size_t find_slot(const NonceKey& key, uint32_t value) const {
     size_t i = home(key);
@@ -412,9 +445,10 @@ class Verifier::NonceCache {
   Entry* ring_ = nullptr;
   uint32_t* index_ = nullptr;  // 0: empty; else a ring position + 1
   size_t ring_bytes_ = 0, index_bytes_ = 0;
-  size_t head_ = 0;     // the oldest entry's ring position
-  size_t count_ = 0;    // entries from head_ on, wrapping
-  size_t touched_ = 0;  // ring positions written since the last release()
+  size_t head_ = 0;             // the oldest entry's ring position
+  size_t count_ = 0;            // entries from head_ on, wrapping
+  size_t touched_ = 0;          // ring positions written since the last release()
+  int64_t cutoff_ = INT64_MIN;  // entries accepted before this are forgotten
 };
 
 Verifier::Verifier(std::string secret, size_t max_nonces)
@@ -464,10 +498,10 @@ Verifier::Verdict Verifier::verify(std::string_view method, std::string_view pat
     // A request is accepted only while now is within kMaxClockSkew of its
     // time, a span of 2 * kMaxClockSkew: a nonce first seen at `now` cannot
     // pass the time check later than that, so it may be forgotten then.
-    nonces_->forget_before(now - 2 * kMaxClockSkew);
+    nonces_->forget_before(now - 2 * kMaxClockSkew, kForgetPerRequest);
     // Full: refusing is the only safe answer, since making room would
     // forget a nonce that may still be replayed.
-    const int64_t at = nonces_->size() == 0 ? now : std::max(now, nonces_->newest());
+    const int64_t at = nonces_->held() == 0 ? now : std::max(now, nonces_->newest());
     if (!nonces_->insert(key, at)) return Verdict::Replayed;
   }
   if (nonce != nullptr) nonce->assign(*values[2]);
@@ -476,7 +510,17 @@ Verifier::Verdict Verifier::verify(std::string_view method, std::string_view pat
 
 size_t Verifier::remembered() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return nonces_->size();
+  return nonces_->live();
+}
+
+size_t Verifier::held() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return nonces_->held();
+}
+
+void Verifier::tidy(int64_t now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  nonces_->forget_before(now - 2 * kMaxClockSkew, kTidyBudget);
 }
 
 const char* to_string(Verifier::Verdict v) {

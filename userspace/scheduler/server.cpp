@@ -505,6 +505,7 @@ void Server::Impl::on_connection(uv_stream_t* server, int status) {
 void Server::Impl::on_expire(uv_timer_t* t) {
   auto* s = static_cast<Impl*>(t->data);
   s->state->expire(static_cast<int64_t>(uv_now(s->loop)));
+  s->verifier.tidy(s->unix_now());
 }
 
 void Server::Impl::on_stats(uv_timer_t* t) { static_cast<Impl*>(t->data)->log_stats(); }

@@ -84,10 +84,20 @@ class Verifier {
   // MAC checks).
   Verdict verify(std::string_view method, std::string_view path, const std::vector<http::Header>& headers,
                  std::string_view body, int64_t now, std::string* nonce = nullptr);
+  // Nonces remembered: accepted within the last 2 * kMaxClockSkew.
   size_t remembered() const;
+  // Nonces the cache holds: the remembered ones and forgotten ones not yet
+  // removed. Each verify() removes at most kForgetPerRequest of the latter,
+  // so no request pays for forgetting a whole second's worth at once.
+  size_t held() const;
+  // Removes up to kTidyBudget forgotten nonces: for a timer, so that a cache
+  // left idle after a burst empties and gives its memory back.
+  void tidy(int64_t now);
 
   // The most nonces a Verifier can remember (its index holds 32-bit slots).
   static constexpr size_t kMaxNonceBound = 0xfffffffe;
+  static constexpr size_t kForgetPerRequest = 8;
+  static constexpr size_t kTidyBudget = 4096;
 
  private:
   class NonceCache;  // auth.cpp

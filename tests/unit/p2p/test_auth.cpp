@@ -398,6 +398,48 @@ void test_replay_cache_release(void**) {
   assert_int_equal(v.remembered(), 101);
 }
 
+// Nonces past their window are forgotten at once for lookups but removed a
+// few per request (a whole second's worth at once stalled a busy scheduler),
+// and tidy() empties a cache left idle.
+void test_forgetting_is_spread(void**) {
+  Verifier v(kSecret, 70000);
+  const Signer signer(kSecret);
+  std::string first;
+  for (int i = 0; i < 1000; i++) {
+    std::string nonce;
+    std::vector<Header> h = signer.sign("POST", kPath, kBody, kNow, &nonce);
+    assert_int_equal(v.verify("POST", kPath, h, kBody, kNow), V::Ok);
+    if (i == 500) first = nonce;  // not among the first removed
+  }
+  assert_int_equal(v.held(), 1000);
+  const int64_t later = kNow + 2 * kMaxClockSkew + 1;
+  assert_int_equal(v.verify("POST", kPath, signer.sign("POST", kPath, kBody, later, nullptr), kBody, later),
+                   V::Ok);
+  assert_int_equal(v.remembered(), 1);
+  assert_int_equal(v.held(), 1000 - Verifier::kForgetPerRequest + 1);
+  // A nonce of then, signed again with a current time, is new to the cache
+  // although its old entry is still held: forgotten means forgotten.
+  const std::string t = std::to_string(later);
+  const std::string mac = reference_mac(
+      kSecret, "shoal-req-v1\nPOST\n" + kPath + "\n" + t + "\n" + first + "\n" + body_hash(kBody));
+  const std::vector<Header> again = {
+      {"X-Shoal-Protocol", "1"}, {"X-Shoal-Time", t}, {"X-Shoal-Nonce", first}, {"X-Shoal-Signature", mac}};
+  assert_int_equal(v.verify("POST", kPath, again, kBody, later), V::Ok);
+  assert_int_equal(v.remembered(), 2);
+  assert_int_equal(v.held(), 2);  // that lookup removed every forgotten entry
+  assert_int_equal(v.verify("POST", kPath, again, kBody, later), V::Replayed);
+  // Idle after a burst: tidy() removes up to kTidyBudget a call.
+  for (size_t i = 0; i < Verifier::kTidyBudget + 10; i++)
+    assert_int_equal(v.verify("POST", kPath, signer.sign("POST", kPath, kBody, later, nullptr), kBody, later),
+                     V::Ok);
+  const int64_t idle = later + 2 * kMaxClockSkew + 1;
+  v.tidy(idle);
+  assert_int_equal(v.remembered(), 0);
+  assert_int_equal(v.held(), 12);
+  v.tidy(idle);
+  assert_int_equal(v.held(), 0);
+}
+
 // ---- Secret files ----
 
 struct TempDir {
@@ -470,6 +512,7 @@ int run_auth_tests() {
       cmocka_unit_test(test_known_answers),
       cmocka_unit_test(test_replay_cache_model),
       cmocka_unit_test(test_replay_cache_release),
+      cmocka_unit_test(test_forgetting_is_spread),
       cmocka_unit_test(test_secret_file),
   };
   return cmocka_run_group_tests_name("p2p auth", tests, nullptr, nullptr);
