@@ -32,10 +32,11 @@ namespace shoal::scheduler {
 namespace {
 
 constexpr uint32_t kNone = UINT32_MAX;
-// At most this many holders are looked at per parents query; a task with
-// more starts each query where the last one stopped, so every holder gets
-// its turn and a query stays cheap whatever the swarm's size.
-constexpr size_t kMaxScan = 2048;
+// See State::kParentScan. It was 2048: a scheduler under 50,000 requests/s
+// over 10,000 peers kept up for the first seconds, then fell behind by
+// seconds once the tasks had ~2,000 holders each (bench/sched.sh, 150 s).
+// Dragonfly's scheduler filters a few dozen candidates per query.
+constexpr size_t kMaxScan = State::kParentScan;
 constexpr uint32_t kRetryMs = 250;
 // The score's factors other than the useful count multiply to less than
 // this: free slots < 2, success < 1.5, same rack 1.25.

@@ -71,6 +71,10 @@ class State {
   int register_peer(const p2p::RegisterReq& req, int64_t now_ms, p2p::RegisterResp* out, std::string* err);
   int heartbeat(const p2p::HeartbeatReq& req, int64_t now_ms, std::string* err);
   int announce(const p2p::AnnounceReq& req, int64_t now_ms, std::string* err);
+  // A query ranks at most kParentScan of the task's holders: a task with
+  // more starts each query where the last one stopped, so every holder gets
+  // its turn and a query costs the same however large the swarm.
+  static constexpr size_t kParentScan = 256;
   int parents(const p2p::ParentsReq& req, int64_t now_ms, p2p::ParentsResp* out, std::string* err);
   int result(const p2p::ResultReq& req, int64_t now_ms, std::string* err);
   int leave(const p2p::LeaveReq& req, int64_t now_ms, std::string* err);

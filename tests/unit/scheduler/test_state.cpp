@@ -614,6 +614,30 @@ void test_dead_holder_piece_refetched(void**) {
 
 // Scale: 10,000 peers, 1,000 tasks, a mixed load. Prints the mean cost per
 // operation; checks the 20 us budget in optimised builds without sanitizers.
+// A task with more holders than one query ranks: successive queries rank
+// successive windows of them, so the answers name different parents.
+void test_parent_scan_window(void**) {
+  State s;
+  const uint32_t n = 4;
+  const size_t holders = 4 * State::kParentScan;
+  p2p::Hashes hs;
+  for (uint32_t i = 0; i < n; ++i) hs[i] = hash_of(i);
+  for (size_t i = 0; i < holders; ++i) {
+    const std::string p = "holder-" + std::to_string(i);
+    assert_int_equal(reg(s, p, 0), 200);
+    assert_int_equal(announce(s, p, n, all_bits(n), hs, 0, true), 200);
+  }
+  assert_int_equal(reg(s, "fresh", 0), 200);
+  std::set<std::string> named;
+  for (int q = 0; q < 4; ++q) {
+    p2p::ParentsResp r;
+    assert_int_equal(parents(s, "fresh", n, bits(n, {}), false, 1, &r, all_bits(n)), 200);
+    assert_int_equal(r.parents.size(), 8);
+    for (const auto& par : r.parents) named.insert(par.peer);
+  }
+  assert_int_equal(named.size(), 32);
+}
+
 void test_scale(void**) {
   State s;
   const uint32_t npeers = 10000, ntasks = 1000, n = 32;
@@ -707,6 +731,7 @@ int run_state_tests() {
       cmocka_unit_test(test_hash_acceptance),
       cmocka_unit_test(test_bad_piece_exclusion),
       cmocka_unit_test(test_leave),
+      cmocka_unit_test(test_parent_scan_window),
       cmocka_unit_test(test_scale),
   };
   return cmocka_run_group_tests_name("scheduler_state", tests, nullptr, nullptr);
