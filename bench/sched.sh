@@ -4,6 +4,11 @@
 #
 #   BUILD=/abs/build bench/sched.sh        (make bench builds what it needs)
 #
+# 0. fill: after registering 10,000 peers, $BENCH_SCHED_FILL (2,000,000)
+#    announces of random (peer, task) pairs, unmeasured, so that the tasks
+#    have the holders (~1,800 each) of a cluster that has been running, not
+#    of a scheduler just started: a parents query costs more the more
+#    holders its task has (up to the scheduler's scan bound).
 # 1. rate: 64 keep-alive connections register 10,000 peers, then offer
 #    $BENCH_SCHED_RATE (50,000) signed requests a second, open loop, for
 #    $BENCH_SCHED_SECONDS (10) s over 1,000 tasks (35% parents, 30% announce,
@@ -20,7 +25,7 @@
 #
 # Writes $BUILD/bench/sched-results.txt, sched-raw.txt (sched_load's lines)
 # and the scheduler's log under $BUILD/bench/sched-logs/. Knobs:
-# BENCH_SCHED_CPU (0), BENCH_LOAD_CPU (1), BENCH_SCHED_RATE (50000),
+# BENCH_SCHED_CPU (0), BENCH_LOAD_CPU (1), BENCH_SCHED_RATE (50000), BENCH_SCHED_FILL (2000000),
 # BENCH_SCHED_SECONDS (10), BENCH_KEEP_TMP=1 keeps the scratch directory.
 set -euo pipefail
 
@@ -31,6 +36,7 @@ SCPU=${BENCH_SCHED_CPU:-0}
 LCPU=${BENCH_LOAD_CPU:-1}
 RATE=${BENCH_SCHED_RATE:-50000}
 SECS=${BENCH_SCHED_SECONDS:-10}
+FILL=${BENCH_SCHED_FILL:-2000000}
 TARGET_OPS=50000
 TARGET_P99_MS=5
 
@@ -56,9 +62,9 @@ load() {
     -c 64 --depth 8 --peers 10000 --tasks 1000 -d "$SECS" "$@"
 }
 
-say "rate: $RATE requests/s offered for $SECS s"
+say "fill: $FILL announces; rate: $RATE requests/s offered for $SECS s"
 rc=0
-load --rate "$RATE" --saturate 0 >"$W/rate.out" 2>"$W/rate.log" || rc=$?
+load --fill "$FILL" --rate "$RATE" --saturate 0 >"$W/rate.out" 2>"$W/rate.log" || rc=$?
 cat "$W/rate.out" >>"$RAW"
 [ -s "$W/rate.out" ] || die "sched_load printed nothing; see $W/rate.log"
 
@@ -78,6 +84,7 @@ rate_p50=$(field p50_ms "$W/rate.out")
 rate_p99=$(field p99_ms "$W/rate.out")
 rate_max=$(field max_ms "$W/rate.out")
 rate_lag=$(field lag_p99_ms "$W/rate.out")
+holders=$(field holders_per_task "$W/rate.out")
 overload=$(field overload "$W/rate.out")
 errors=$(($(field errors "$W/rate.out") + $(field errors "$W/sat.out")))
 bad_sig=$(($(field bad_sig "$W/rate.out") + $(field bad_sig "$W/sat.out")))
@@ -97,6 +104,6 @@ awk -v p="$rate_p99" -v t="$TARGET_P99_MS" 'BEGIN { exit !(p <= t) }' || verdict
   echo "  at $RATE requests/s offered (open loop, ${SECS} s): p50 $rate_p50 ms, p99 $rate_p99 ms, max $rate_max ms" \
     "(the generator sent them within $rate_lag ms of due, p99)"
   echo "  saturated (64 connections x 8 in flight, ${SECS} s): $ops/s, p99 $sat_p99 ms; scheduler CPU $us_per_op us/request"
-  echo "  10,000 peers, 1,000 tasks of 32 pieces; failed requests $errors, bad answer signatures $bad_sig;" \
+  echo "  10,000 peers, 1,000 tasks of 32 pieces, $holders holders per task (after $FILL announces); failed requests $errors, bad answer signatures $bad_sig;" \
     "scheduler peak RSS $((hwm / 1024)) MiB; scheduler on CPU $SCPU, load on CPU $LCPU"
 } | tee "$OUT/sched-results.txt"

@@ -6,10 +6,15 @@
 //
 //   build/bench/sched_load --port PORT --secret-file FILE [--host IP]
 //       [-c CONNS] [--depth N] [--peers N] [--tasks N] [--pieces N]
-//       [-d SECONDS] [--warmup SECONDS] [--rate OPS] [--saturate 0|1]
+//       [-d SECONDS] [--warmup SECONDS] [--fill N] [--rate OPS] [--saturate 0|1]
 //
 // 1. CONNS (default 64) keep-alive connections register --peers (10,000)
 //    peers, pipelining --depth (8) requests per connection.
+//    "fill": --fill (default 0) announces of random (peer, task) pairs,
+//    closed loop and not measured, so that the phases below meet tasks with
+//    the holders a running cluster's have rather than a scheduler just
+//    started: a parents query's cost grows with its task's holders (up to
+//    the scheduler's scan bound). The mean holders per task is printed.
 // 2. "rate": an open-loop run at --rate ops/s (default 50,000) for -d
 //    seconds (default 10): requests are due on a fixed schedule, spread over
 //    the connections (each sends while it has fewer than --depth in
@@ -66,6 +71,7 @@ struct Args {
   uint32_t peers = 10000, tasks = 1000, pieces = 32;
   double seconds = 10, warmup = 1;
   double rate = 50000;
+  uint64_t fill = 0;
   bool saturate = true;
 };
 
@@ -113,7 +119,7 @@ struct Rng {
   uint32_t below(uint32_t n) { return static_cast<uint32_t>(next() % n); }
 };
 
-enum class Phase { Register, Rate, Saturate, Done };
+enum class Phase { Register, Fill, Rate, Saturate, Done };
 
 struct Pending {
   uint64_t due_ns;  // when it was due (rate) or sent (others)
@@ -143,6 +149,9 @@ struct Bench {
   bool overload = false;
   int open_conns = 0;
   std::vector<std::string> task_ids;
+  uint64_t fill_sent = 0;
+  std::vector<uint64_t> held;  // bit peer * tasks + task: the pair was announced
+  uint64_t pairs = 0;          // bits set in held
   int64_t unix_now = 0;
 };
 
@@ -190,6 +199,38 @@ std::string piece_hash(uint32_t task, uint32_t piece) {
   return std::string(h, 64);
 }
 
+// Counts the (peer, task) pair as holding: the scheduler adds a holder on
+// an announce or a parents query with pieces.
+void note_holder(uint32_t peer, uint32_t task) {
+  uint64_t bit = uint64_t{peer} * g.a.tasks + task;
+  uint64_t& w = g.held[bit / 64];
+  if (!((w >> (bit % 64)) & 1)) {
+    w |= uint64_t{1} << (bit % 64);
+    ++g.pairs;
+  }
+}
+
+double holders_per_task() { return static_cast<double>(g.pairs) / g.a.tasks; }
+
+void make_announce(Conn* c, uint32_t peer, uint32_t task, std::string* path, std::string* body) {
+  Rng& r = c->rng;
+  const Args& a = g.a;
+  uint64_t length = uint64_t{a.pieces} * kPieceSize;
+  uint64_t all = a.pieces >= 64 ? ~uint64_t{0} : (uint64_t{1} << a.pieces) - 1;
+  uint64_t have = r.next() & all;
+  uint32_t piece = r.below(a.pieces);
+  have |= uint64_t{1} << (piece % 64);
+  char buf[512];
+  snprintf(buf, sizeof buf,
+           "{\"v\":1,\"peer\":\"%s\",\"task\":\"%s\",\"length\":%" PRIu64
+           ",\"piece_size\":%u,\"have\":\"%s\",\"hashes\":{\"%u\":\"%s\"},\"complete\":false}",
+           peer_id(peer).c_str(), g.task_ids[task].c_str(), length, kPieceSize,
+           bitmap_hex(have, a.pieces).c_str(), piece, piece_hash(task, piece).c_str());
+  *path = "/v1/announce";
+  *body = buf;
+  note_holder(peer, task);
+}
+
 // One operation of the mix: path and JSON body.
 void make_op(Conn* c, std::string* path, std::string* body) {
   Rng& r = c->rng;
@@ -201,6 +242,7 @@ void make_op(Conn* c, std::string* path, std::string* body) {
   char buf[512];
   if (kind < 35) {
     uint64_t have = r.next() & all;
+    if (have != 0) note_holder(peer, task);
     bool none_known = r.below(5) == 0;
     bool source = r.below(4) == 0;
     snprintf(buf, sizeof buf,
@@ -211,15 +253,8 @@ void make_op(Conn* c, std::string* path, std::string* body) {
              source ? "true" : "false");
     *path = "/v1/parents";
   } else if (kind < 65) {
-    uint64_t have = r.next() & all;
-    uint32_t piece = r.below(a.pieces);
-    have |= uint64_t{1} << (piece % 64);
-    snprintf(buf, sizeof buf,
-             "{\"v\":1,\"peer\":\"%s\",\"task\":\"%s\",\"length\":%" PRIu64
-             ",\"piece_size\":%u,\"have\":\"%s\",\"hashes\":{\"%u\":\"%s\"},\"complete\":false}",
-             peer_id(peer).c_str(), g.task_ids[task].c_str(), length, kPieceSize,
-             bitmap_hex(have, a.pieces).c_str(), piece, piece_hash(task, piece).c_str());
-    *path = "/v1/announce";
+    make_announce(c, peer, task, path, body);
+    return;
   } else if (kind < 90) {
     snprintf(buf, sizeof buf, "{\"v\":1,\"peer\":\"%s\",\"free_slots\":%u}", peer_id(peer).c_str(),
              r.below(5));
@@ -288,6 +323,10 @@ void fill(Conn* c) {
     if (g.phase == Phase::Register) {
       if (g.next_register >= g.a.peers) break;
       make_register(g.next_register++, &path, &body);
+    } else if (g.phase == Phase::Fill) {
+      if (g.fill_sent >= g.a.fill) break;
+      ++g.fill_sent;
+      make_announce(c, c->rng.below(g.a.peers), c->rng.below(g.a.tasks), &path, &body);
     } else if (g.phase == Phase::Rate) {
       if (c->queued.empty()) break;
       due = c->queued.front();
@@ -299,7 +338,7 @@ void fill(Conn* c) {
     }
     Pending p;
     p.due_ns = due;
-    p.measured = g.phase != Phase::Register && measuring(due);
+    p.measured = (g.phase == Phase::Rate || g.phase == Phase::Saturate) && measuring(due);
     if (p.measured && g.phase == Phase::Rate)
       g.st.lag_us.push_back(static_cast<uint32_t>(std::min<uint64_t>((now - due) / 1000, UINT32_MAX)));
     append_request(c, path, body, &w->buf, &p.nonce);
@@ -438,6 +477,7 @@ void report(const char* name) {
   printf(" seconds=%.2f ops=%" PRIu64 " ops_per_s=%.0f p50_ms=%.3f p99_ms=%.3f max_ms=%.3f", secs, g.st.ops,
          static_cast<double>(g.st.ops) / secs, p50, p99, mx);
   if (g.phase == Phase::Rate) printf(" lag_p99_ms=%.3f", lag99);
+  printf(" holders_per_task=%.0f", holders_per_task());
   printf(" errors=%" PRIu64 " bad_sig=%" PRIu64 " sig_checked=%" PRIu64 " overload=%d\n", g.st.errors,
          g.st.bad_sig, g.st.checked, g.overload ? 1 : 0);
   fflush(stdout);
@@ -465,6 +505,17 @@ void tick() {
     if (g.next_register >= g.a.peers && total_inflight() == 0) {
       fprintf(stderr, "sched_load: %u peers registered in %.2f s\n", g.a.peers,
               static_cast<double>(now - g.phase_start) / 1e9);
+      if (g.st.errors) {
+        g_total_errors += g.st.errors;
+        g.phase = Phase::Done;
+      } else {
+        start_phase(g.a.fill > 0 ? Phase::Fill : g.a.rate > 0 ? Phase::Rate : Phase::Saturate, now);
+      }
+    }
+  } else if (g.phase == Phase::Fill) {
+    if (g.fill_sent >= g.a.fill && total_inflight() == 0) {
+      fprintf(stderr, "sched_load: %" PRIu64 " announces in %.2f s; %.0f holders per task\n", g.a.fill,
+              static_cast<double>(now - g.phase_start) / 1e9, holders_per_task());
       if (g.st.errors) {
         g_total_errors += g.st.errors;
         g.phase = Phase::Done;
@@ -515,7 +566,7 @@ int usage() {
   fprintf(stderr,
           "usage: sched_load --port PORT --secret-file FILE [--host IP] [-c CONNS] [--depth N]\n"
           "                  [--peers N] [--tasks N] [--pieces N] [-d SECONDS] [--warmup SECONDS]\n"
-          "                  [--rate OPS] [--saturate 0|1]\n");
+          "                  [--fill N] [--rate OPS] [--saturate 0|1]\n");
   return 2;
 }
 
@@ -549,6 +600,8 @@ int main(int argc, char** argv) {
       a.warmup = atof(v);
     else if (k == "--rate")
       a.rate = atof(v);
+    else if (k == "--fill")
+      a.fill = strtoull(v, nullptr, 10);
     else if (k == "--saturate")
       a.saturate = atoi(v) != 0;
     else
@@ -567,6 +620,7 @@ int main(int argc, char** argv) {
     fprintf(stderr, "sched_load: %s: no secret of 16 bytes or more\n", a.secret_file.c_str());
     return 2;
   }
+  g.held.assign((uint64_t{a.peers} * a.tasks + 63) / 64, 0);
   for (uint32_t t = 0; t < a.tasks; ++t) {
     char id[65];
     snprintf(id, sizeof id, "%056x%08x", 0x5c4edu, t);
