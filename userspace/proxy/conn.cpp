@@ -277,8 +277,8 @@ bool Conn::start(uv_stream_t* server, bool transparent) {
   uv_tcp_nodelay(&client_.tcp, 1);
   sockaddr_storage ss{};
   int len = sizeof ss;
-  if (uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&ss), &len) == 0)
-    peer_addr_ = util::sockaddr_str(ss);
+  const bool have_peer = uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&ss), &len) == 0;
+  if (have_peer) peer_addr_ = util::sockaddr_str(ss);
   if (!w_.shared().admit(rt_->cfg->max_concurrency)) {
     m().rejected.inc();
     obs::log_warn("connection refused")
@@ -292,7 +292,7 @@ bool Conn::start(uv_stream_t* server, bool transparent) {
   }
   admitted_ = true;
   if (transparent_) {
-    transparent_begin();
+    transparent_begin(have_peer ? &ss : nullptr);
     if (closing_) return false;
     update_reads();
     return true;
@@ -308,17 +308,16 @@ bool Conn::start(uv_stream_t* server, bool transparent) {
 // where the server speaks first would otherwise never start).
 constexpr double kPeekHelloSeconds = 2.0;
 
-void Conn::transparent_begin() {
+void Conn::transparent_begin(const sockaddr_storage* peer) {
   connect_start_ms_ = now_ms();
   redirect::Backend* be = w_.shared().redirect.get();
-  sockaddr_storage peer{};
-  int len = sizeof peer;
   redirect::OriginalDst od;
-  std::string err = "transparent interception is off";
+  // original_dst() sets err when it is called.
+  std::string err = be == nullptr ? "transparent interception is off" : "getpeername of the client failed";
   uv_os_fd_t fd = -1;
-  bool ok = be != nullptr && uv_fileno(reinterpret_cast<uv_handle_t*>(&client_.tcp), &fd) == 0 &&
-            uv_tcp_getpeername(&client_.tcp, reinterpret_cast<sockaddr*>(&peer), &len) == 0 &&
-            be->original_dst(fd, peer, &od, &err);
+  bool ok = be != nullptr && peer != nullptr &&
+            uv_fileno(reinterpret_cast<uv_handle_t*>(&client_.tcp), &fd) == 0 &&
+            be->original_dst(fd, *peer, &od, &err);
   if (!ok) {
     // The eBPF backend reads the destination off the client's socket, so a
     // client that has closed it already (a connect-and-close probe, the

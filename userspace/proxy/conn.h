@@ -199,7 +199,8 @@ class Conn : public http::Handler, public UpstreamOwner {
   void drain_client_tls();
   void client_eof();
   void handle_connect_target();
-  void transparent_begin();
+  // peer: the client's address from getpeername(), null if that failed.
+  void transparent_begin(const sockaddr_storage* peer);
   void transparent_splice(const char* why);
   void try_peek();
   void begin_hijack();
