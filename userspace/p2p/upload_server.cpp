@@ -717,6 +717,10 @@ void Server::conn_freed(Conn* c) {
   if (c->prev) c->prev->next = c->next;
   if (c->next) c->next->prev = c->prev;
   if (conns == c) conns = c->next;
+  // The last connection gone: the replay cache gets to remove what it has
+  // forgotten (requests remove only a few each), so an upload server left
+  // idle after a burst gives that memory back.
+  if (!conns) verifier->tidy(static_cast<int64_t>(time(nullptr)));
 }
 
 void Server::handle_closed() {
