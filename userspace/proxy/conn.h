@@ -39,6 +39,7 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -152,7 +153,12 @@ class Conn : public http::Handler, public UpstreamOwner {
     std::unique_ptr<task::Writer> writer;
     std::vector<char> pending;   // body bytes waiting for the next write job
     std::vector<char> inflight;  // bytes the running job writes
-    bool job = false;            // a write or finalize job is in the thread pool
+    // The last chunk a job stored, at [recent_off, recent_off + size): the
+    // owner's client, when it keeps up, is served from here rather than
+    // reading back from disk what was just written.
+    std::vector<char> recent;
+    uint64_t recent_off = 0;
+    bool job = false;  // a write or finalize job is in the thread pool
     bool body_done = false, finalized = false;
     uint64_t written = 0, length = 0;
     uint32_t piece_size = 0;
@@ -183,8 +189,14 @@ class Conn : public http::Handler, public UpstreamOwner {
     bool head_sent = false, reading = false;
     uint64_t sub = 0;
     // File reads land here; allocated on the first read, uninitialized
-    // (a store hit served from memory never needs it).
-    std::unique_ptr<char[]> buf;
+    // (a store hit served from memory never needs it). Aligned, and reads
+    // are whole aligned blocks: a task still downloading may be on an
+    // O_DIRECT fd (task::kDirectAlign). skip: bytes before serve offset.
+    struct FreeDeleter {
+      void operator()(char* p) const { std::free(p); }
+    };
+    std::unique_ptr<char, FreeDeleter> buf;
+    size_t skip = 0, want = 0;
     uv_fs_t req{};
     task::ActiveTask::Headers headers;
     std::string id;

@@ -519,6 +519,28 @@ void Conn::serve_pump() {
     head.clear();
     if (closing_) return;
   }
+  if (serve_.offset < limit && tee_ && !drain_ && serve_.task == tee_->task) {
+    // The owner's client keeping up with the origin: the bytes are still
+    // in memory (a running job never touches recent; the loop swaps it in
+    // after the job).
+    const Tee& t = *tee_;
+    uint64_t r_end = t.recent_off + t.recent.size();
+    if (serve_.offset >= t.recent_off && serve_.offset < r_end) {
+      uint64_t upto = limit < r_end ? limit : r_end;
+      size_t n = static_cast<size_t>(upto - serve_.offset);
+      const char* p = t.recent.data() + (serve_.offset - t.recent_off);
+      serve_.offset += n;
+      ex_.resp_bytes += n;
+      tm().bytes_origin.inc(n);
+      if (head.empty()) {
+        send_client(p, n);
+      } else {
+        head.append(p, n);
+        send_client(head.data(), head.size());
+      }
+      return;  // write_done pumps again
+    }
+  }
   if (!head.empty()) {
     send_client(head.data(), head.size());
     if (closing_) return;
@@ -527,44 +549,56 @@ void Conn::serve_pump() {
     uint64_t n = limit - serve_.offset;
     if (n > kServeChunk) n = kServeChunk;
     int fd = serve_.task ? serve_.task->fd() : serve_.fd;
-    if (!serve_.buf) serve_.buf.reset(new char[kServeChunk]);
-    uv_buf_t b = uv_buf_init(serve_.buf.get(), static_cast<unsigned>(n));
+    constexpr size_t kAlign = task::kDirectAlign;
+    if (!serve_.buf) {
+      serve_.buf.reset(static_cast<char*>(std::aligned_alloc(kAlign, kServeChunk + 2 * kAlign)));
+      if (!serve_.buf) {
+        obs::log_error("no memory for a task read").str("task", serve_.id);
+        close_all(true);
+        return;
+      }
+    }
+    uint64_t first = serve_.offset & ~static_cast<uint64_t>(kAlign - 1);
+    uint64_t last = (serve_.offset + n + kAlign - 1) & ~static_cast<uint64_t>(kAlign - 1);
+    serve_.skip = static_cast<size_t>(serve_.offset - first);
+    serve_.want = static_cast<size_t>(n);
+    uv_buf_t b = uv_buf_init(serve_.buf.get(), static_cast<unsigned>(last - first));
     serve_.req.data = this;
     serve_.reading = true;
     pending_jobs_++;
-    int r =
-        uv_fs_read(w_.loop(), &serve_.req, fd, &b, 1, static_cast<int64_t>(serve_.offset), [](uv_fs_t* req) {
-          auto* c = static_cast<Conn*>(req->data);
-          ssize_t got = req->result;
-          uv_fs_req_cleanup(req);
-          c->pending_jobs_--;
-          c->serve_.reading = false;
-          if (c->closing_ || !c->serve_.active) {
-            if (c->serve_.fd >= 0 && !c->serve_.active) {
-              close(c->serve_.fd);
-              c->serve_.fd = -1;
-            }
-            c->maybe_free();
-            return;
-          }
-          if (got <= 0) {
-            obs::log_error("task read failed")
-                .str("task", c->serve_.id)
-                .str("error", got < 0 ? uv_strerror(static_cast<int>(got)) : "short file");
-            c->close_all(true);
-            return;
-          }
-          size_t k = static_cast<size_t>(got);
-          if (c->ex_.source == "store" && c->serve_.offset == 0 && k == c->serve_.length &&
-              k <= task::SmallCache::kMaxObject)
-            c->w_.shared().engine->small().put(c->serve_.id,
-                                               std::make_shared<const std::string>(c->serve_.buf.get(), k));
-          c->serve_.offset += k;
-          c->ex_.resp_bytes += k;
-          (c->ex_.source == "origin" ? tm().bytes_origin : tm().bytes_local).inc(k);
-          c->send_client(c->serve_.buf.get(), k);
-          c->serve_pump();
-        });
+    int r = uv_fs_read(w_.loop(), &serve_.req, fd, &b, 1, static_cast<int64_t>(first), [](uv_fs_t* req) {
+      auto* c = static_cast<Conn*>(req->data);
+      ssize_t got = req->result;
+      uv_fs_req_cleanup(req);
+      c->pending_jobs_--;
+      c->serve_.reading = false;
+      if (c->closing_ || !c->serve_.active) {
+        if (c->serve_.fd >= 0 && !c->serve_.active) {
+          close(c->serve_.fd);
+          c->serve_.fd = -1;
+        }
+        c->maybe_free();
+        return;
+      }
+      if (got <= static_cast<ssize_t>(c->serve_.skip)) {
+        obs::log_error("task read failed")
+            .str("task", c->serve_.id)
+            .str("error", got < 0 ? uv_strerror(static_cast<int>(got)) : "short file");
+        c->close_all(true);
+        return;
+      }
+      size_t k = static_cast<size_t>(got) - c->serve_.skip;
+      if (k > c->serve_.want) k = c->serve_.want;
+      const char* data = c->serve_.buf.get() + c->serve_.skip;
+      if (c->ex_.source == "store" && c->serve_.offset == 0 && k == c->serve_.length &&
+          k <= task::SmallCache::kMaxObject)
+        c->w_.shared().engine->small().put(c->serve_.id, std::make_shared<const std::string>(data, k));
+      c->serve_.offset += k;
+      c->ex_.resp_bytes += k;
+      (c->ex_.source == "origin" ? tm().bytes_origin : tm().bytes_local).inc(k);
+      c->send_client(data, k);
+      c->serve_pump();
+    });
     if (r != 0) {
       pending_jobs_--;
       serve_.reading = false;
@@ -670,7 +704,7 @@ void Conn::serve_resume() {
 void Conn::tee_streaming(const http::MessageHead& head) {
   task::Engine& engine = *w_.shared().engine;
   std::string err;
-  int r = engine.store().begin(tee_->task->id(), &tee_->writer, &err);
+  int r = engine.store().begin(tee_->task->id(), &tee_->writer, &err, /*direct=*/true);
   int fd = r == 0 ? tee_->writer->open_data(&err) : -1;
   if (r != 0 || fd < 0) {
     obs::log_error("cannot store task; passing it through").str("task", tee_->task->id()).str("error", err);
@@ -970,10 +1004,13 @@ void Conn::tee_kick() {
           // A failed chunk stays in inflight: tee_store_failed() still owes
           // it to the client.
           if (rc == 0) {
-            t->written += t->inflight.size();
-            t->task->add_source_bytes(t->inflight.size(), 0);
-            t->task->add_stored(t->inflight.size());
+            size_t n = t->inflight.size();
+            t->recent.swap(t->inflight);
+            t->recent_off = t->written;
             t->inflight.clear();
+            t->written += n;
+            t->task->add_source_bytes(n, 0);
+            t->task->add_stored(n);
           }
         } else {
           t->finalized = true;

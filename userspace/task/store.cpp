@@ -28,6 +28,7 @@
 #include <cerrno>
 #include <cmath>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <mutex>
@@ -598,7 +599,7 @@ int Store::open(const std::string& data_dir, std::unique_ptr<Store>* out, std::s
   return 0;
 }
 
-int Store::begin(const std::string& id, std::unique_ptr<Writer>* out, std::string* err) {
+int Store::begin(const std::string& id, std::unique_ptr<Writer>* out, std::string* err, bool direct) {
   if (!valid_task_id(id))
     return fail_with(err, EINVAL, "store: invalid task id \"" + id.substr(0, 80) + "\"");
   Impl& st = *impl_;
@@ -614,13 +615,20 @@ int Store::begin(const std::string& id, std::unique_ptr<Writer>* out, std::strin
     if (errno != EEXIST || attempt == 8) return fail_with(err, errno, sys_msg("mkdir", st.path(tmp), errno));
   }
   std::string data = tmp + "/data";
-  int fd = ::openat(st.root, data.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, kFileMode);
+  // Direct: read-write, as a partial first block is read back. A file
+  // system without O_DIRECT (tmpfs) refuses it at open: write buffered.
+  int fd = -1;
+  if (direct) {
+    fd = ::openat(st.root, data.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, kFileMode);
+    if (fd < 0 && errno == EINVAL) direct = false;
+  }
+  if (!direct) fd = ::openat(st.root, data.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, kFileMode);
   if (fd < 0) {
     int e = errno;
     remove_tree(st.root, tmp.c_str());
     return fail_with(err, e, sys_msg("create", st.path(data), e));
   }
-  out->reset(new Writer(this, id, tmp, fd));
+  out->reset(new Writer(this, id, tmp, fd, direct));
   return 0;
 }
 
@@ -766,8 +774,8 @@ void Store::set_clock_for_test(int64_t (*clock)()) {
 
 // ---------------------------------------------------------------------------
 
-Writer::Writer(Store* store, std::string id, std::string tmp_rel, int fd)
-    : store_(store), id_(std::move(id)), tmp_rel_(std::move(tmp_rel)), fd_(fd) {}
+Writer::Writer(Store* store, std::string id, std::string tmp_rel, int fd, bool direct)
+    : store_(store), id_(std::move(id)), tmp_rel_(std::move(tmp_rel)), fd_(fd), direct_(direct) {}
 
 Writer::~Writer() {
   if (!done_) abort();
@@ -787,9 +795,113 @@ int Writer::write(const void* buf, size_t len, uint64_t offset, std::string* err
   if (prev != 0) return fail_with(err, -prev, path() + ": writer failed earlier: " + std::strerror(-prev));
   if (offset > static_cast<uint64_t>(INT64_MAX) - len)
     return set_failed(EFBIG, path() + ": write beyond the largest file offset", err);
-  int r = pwrite_all(fd_, buf, len, offset);
-  if (r != 0) return set_failed(-r, sys_msg("write", path(), -r), err);
+  int r = direct_.load() ? write_direct(static_cast<const char*>(buf), len, offset, err) : 1;
+  if (r == 1) {
+    r = pwrite_all(fd_, buf, len, offset);
+    if (r != 0) return set_failed(-r, sys_msg("write", path(), -r), err);
+  } else if (r != 0) {
+    return r;
+  }
+  uint64_t end = offset + len, seen = end_.load();
+  while (seen < end && !end_.compare_exchange_weak(seen, end)) {
+  }
   return 0;
+}
+
+namespace {
+
+constexpr size_t kBounceBytes = 256u << 10;  // one O_DIRECT write at most (tee slices are 128 KiB)
+
+// Direct writes are staged here: callers' buffers are not aligned. One per
+// thread-pool thread, kept for the thread's life.
+char* bounce_buffer() {
+  struct Buffer {
+    char* p = nullptr;
+    ~Buffer() { std::free(p); }
+  };
+  thread_local Buffer b;
+  if (b.p == nullptr) b.p = static_cast<char*>(std::aligned_alloc(kDirectAlign, kBounceBytes));
+  return b.p;
+}
+
+uint64_t align_down(uint64_t x) { return x & ~static_cast<uint64_t>(kDirectAlign - 1); }
+uint64_t align_up(uint64_t x) { return align_down(x + kDirectAlign - 1); }
+
+// The aligned block at off as it is on disk; past the end of the file it
+// reads as zeros. 0 or -errno.
+int read_block(int fd, char* dst, uint64_t off) {
+  size_t got = 0;
+  while (got < kDirectAlign) {
+    ssize_t n = ::pread(fd, dst + got, kDirectAlign - got, static_cast<off_t>(off + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -errno;
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  std::memset(dst + got, 0, kDirectAlign - got);
+  return 0;
+}
+
+}  // namespace
+
+// 0, -errno (after set_failed), or 1: O_DIRECT refused, write buffered.
+int Writer::write_direct(const char* buf, size_t len, uint64_t offset, std::string* err) {
+  auto path = [this] { return store_->impl_->path(tmp_rel_ + "/data"); };
+  char* b = bounce_buffer();
+  if (b == nullptr) return set_failed(ENOMEM, path() + ": no memory for an aligned write buffer", err);
+  const uint64_t end = offset + len;
+  uint64_t at = align_down(offset);
+  const uint64_t stop = align_up(end);
+  size_t head = static_cast<size_t>(offset - at);
+  bool have_head = false;
+  {
+    // A padded block this write covers is stale from here on.
+    std::lock_guard<std::mutex> lk(tail_mu_);
+    if (tail_off_ >= at && tail_off_ < stop) {
+      if (head > 0 && tail_off_ == at) {
+        std::memcpy(b, tail_.get(), kDirectAlign);
+        have_head = true;
+      }
+      tail_off_ = UINT64_MAX;
+    }
+  }
+  if (head > 0 && !have_head) {
+    int r = read_block(fd_, b, at);
+    if (r != 0) return set_failed(-r, sys_msg("read back", path(), -r), err);
+  }
+  const char* src = buf;
+  while (at < stop) {
+    size_t span = static_cast<size_t>(stop - at < kBounceBytes ? stop - at : kBounceBytes);
+    size_t take = span - head;
+    if (take > end - (at + head)) take = static_cast<size_t>(end - (at + head));
+    std::memcpy(b + head, src, take);
+    src += take;
+    size_t used = head + take;
+    head = 0;
+    if (used < span) std::memset(b + used, 0, span - used);
+    int r = pwrite_all(fd_, b, span, at);
+    if (r == -EINVAL && at == align_down(offset)) return fall_back_to_buffered();
+    if (r != 0) return set_failed(-r, sys_msg("write", path(), -r), err);
+    if (used < span) {
+      std::lock_guard<std::mutex> lk(tail_mu_);
+      if (!tail_) tail_.reset(new char[kDirectAlign]);
+      std::memcpy(tail_.get(), b + span - kDirectAlign, kDirectAlign);
+      tail_off_ = at + span - kDirectAlign;
+      padded_ = true;
+    }
+    at += span;
+  }
+  return 0;
+}
+
+// The file system took O_DIRECT at open but refuses the writes: what is
+// on disk stays right (only whole blocks were written), the rest goes
+// through the page cache.
+int Writer::fall_back_to_buffered() {
+  int fl = ::fcntl(fd_, F_GETFL);
+  if (fl >= 0) ::fcntl(fd_, F_SETFL, fl & ~O_DIRECT);
+  direct_ = false;
+  return 1;
 }
 
 int Writer::commit(const TaskMeta& meta_in, std::string* err) {
@@ -799,6 +911,9 @@ int Writer::commit(const TaskMeta& meta_in, std::string* err) {
   int prev = error_.load();
   if (prev != 0) return fail_with(err, -prev, tmp_path + ": writer failed earlier: " + std::strerror(-prev));
 
+  // A direct write pads its last block; the object ends where the writes did.
+  if (padded_.load() && ::ftruncate(fd_, static_cast<off_t>(end_.load())) != 0)
+    return set_failed(errno, sys_msg("truncate", tmp_path + "/data", errno), err);
   struct stat fst {};
   if (::fstat(fd_, &fst) != 0) return set_failed(errno, sys_msg("stat", tmp_path + "/data", errno), err);
   uint64_t size = static_cast<uint64_t>(fst.st_size);
@@ -924,7 +1039,11 @@ int Writer::open_data(std::string* err) const {
   std::string rel = tmp_rel_ + "/data";
   if (done_)
     return fail_with(err, EINVAL, store_->impl_->path(rel) + ": writer already committed or aborted");
-  int fd = ::openat(store_->impl_->root, rel.c_str(), O_RDONLY | O_CLOEXEC);
+  // Readers of a direct Writer's file read around the page cache too, so
+  // the object never fills it while it downloads.
+  int fd = -1;
+  if (direct_.load()) fd = ::openat(store_->impl_->root, rel.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+  if (fd < 0) fd = ::openat(store_->impl_->root, rel.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return fail_with(err, errno, sys_msg("open", store_->impl_->path(rel), errno));
   return fd;
 }

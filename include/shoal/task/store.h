@@ -25,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -66,6 +67,20 @@ class Store;
 // After any failed write() or commit() the Writer is unusable: every later
 // call returns the first error; abort() (or destroy) it. Destroying a Writer
 // that was not committed aborts it.
+//
+// A direct Writer (Store::begin with direct = true) writes around the page
+// cache (O_DIRECT) where the file system allows it: an object fetched on a
+// miss is streamed to its client from disk and read again rarely, and
+// filling the page cache with it costs more than the disk write (measured:
+// 2.3-2.6 s of system time per GiB once the cache grows into memory the host
+// has not touched lately, 0.1 s for O_DIRECT). Writes are staged through an
+// aligned buffer, a partial last block is written padded and rewritten by
+// the next write (so ranges written concurrently must not share a
+// kDirectAlign block: pieces start on block boundaries), and commit() cuts
+// the padding off. Readers of its open_data() fd must read aligned
+// (kDirectAlign: buffer, offset and length); reading whole blocks past what
+// was written is harmless and returns what is on disk.
+constexpr size_t kDirectAlign = 4096;
 class Writer {
  public:
   ~Writer();
@@ -95,17 +110,29 @@ class Writer {
   int open_data(std::string* err) const;
 
   const std::string& id() const { return id_; }
+  // Whether writes bypass the page cache (false after a fallback).
+  bool direct() const { return direct_.load(); }
 
  private:
   friend class Store;
-  Writer(Store* store, std::string id, std::string tmp_rel, int fd);
+  Writer(Store* store, std::string id, std::string tmp_rel, int fd, bool direct);
   int set_failed(int e, std::string msg, std::string* err);
+  int write_direct(const char* buf, size_t len, uint64_t offset, std::string* err);
+  int fall_back_to_buffered();
   Store* store_;
   std::string id_;
   std::string tmp_rel_;  // "tmp/<id>.<random>", relative to the data dir
   int fd_;
   std::atomic<int> error_{0};  // first failure, sticky
   bool done_ = false;          // committed or aborted
+  std::atomic<bool> direct_;
+  std::atomic<uint64_t> end_{0};  // highest offset written + 1 (the file may be padded past it)
+  std::atomic<bool> padded_{false};
+  // The last partial block a direct write padded, so the next sequential
+  // write need not read it back. Guarded by tail_mu_.
+  std::mutex tail_mu_;
+  uint64_t tail_off_ = UINT64_MAX;
+  std::unique_ptr<char[]> tail_;
 };
 
 // What listing a store needs of a task: TaskMeta without the piece hashes
@@ -137,7 +164,9 @@ class Store {
 
   // Starts a download of id. -EINVAL for an invalid id, -EEXIST when the
   // task is already complete, else -errno from creating the tmp files.
-  int begin(const std::string& id, std::unique_ptr<Writer>* out, std::string* err);
+  // direct: write around the page cache (see Writer) where the file system
+  // supports it.
+  int begin(const std::string& id, std::unique_ptr<Writer>* out, std::string* err, bool direct = false);
 
   // Complete tasks only. out may be nullptr (existence test).
   bool lookup(const std::string& id, TaskMeta* out) const;
