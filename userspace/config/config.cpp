@@ -76,6 +76,8 @@
 //     authCheck: true           # before serving stored or shared bytes, ask the
 //                               # origin (HEAD with the client's own headers)
 //                               # whether this client may have them
+//     spliceTunnels: true       # tunnels' bytes move inside the kernel (splice);
+//                               # false: through Shoal's buffers
 //   p2p:                        # the peer side; P2P is on when schedulers is not empty
 //     schedulers: []            # ["10.0.0.5:8002", "[fd00::5]:8002"]: IP literals
 //     clusterSecretFile: ""     # required with schedulers: every peer request is signed
@@ -754,6 +756,7 @@ constexpr Key kProxyKeys[] = {
     {"dumpHTTPContent", K::kBool, I},
     {"connectPorts", K::kPortList, S},
     {"authCheck", K::kBool, S},
+    {"spliceTunnels", K::kBool, S},
 };
 constexpr Schema kProxy{kProxyKeys};
 
@@ -1238,6 +1241,7 @@ class Validator {
     }
     if (auto v = str_of(find(pm, "defaultFilter"))) c->default_filter = *v;
     if (auto v = bool_of(find(pm, "authCheck"))) c->auth_check = *v;
+    if (auto v = bool_of(find(pm, "spliceTunnels"))) c->splice_tunnels = *v;
     extract_rules(pm, c);
 
     std::string mpath, hpath;

@@ -390,6 +390,8 @@ void Conn::on_client_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     obs::log_debug("client read error")
         .str("client", c->peer_addr_)
         .str("error", uv_strerror(static_cast<int>(nread)));
+    if (!c->connect_target_.empty() && c->connect_error_.empty())
+      c->connect_error_ = std::string("reading the client: ") + uv_strerror(static_cast<int>(nread));
     c->close_all(true);
     return;
   }
@@ -1073,6 +1075,50 @@ void Conn::start_tunnel() {
   update_reads();
 }
 
+// A tunnel hands its sockets to the kernel once nothing of it is left in
+// Shoal: the CONNECT's answer and the early bytes written, no write in
+// flight, no FIN either way (a half-closed tunnel finishes the old way).
+// When the kernel cannot have it (out of fds, say), the bytes keep going
+// through Shoal's buffers.
+void Conn::maybe_splice() {
+  if (!rt_->cfg->splice_tunnels || closing_ || !up_ || up_->st != Upstream::St::Ready || client_.tls ||
+      up_->side.tls)
+    return;
+  const Side* sides[2] = {&client_, &up_->side};
+  for (const Side* s : sides)
+    if (s->wpending || !s->queue.empty() || s->eof || s->shut || s->want_shut) return;
+  if (!hello_.empty() || !client_pending_.empty()) return;
+  uv_os_fd_t cfd, ufd;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(&client_.tcp), &cfd) != 0 ||
+      uv_fileno(reinterpret_cast<uv_handle_t*>(&up_->side.tcp), &ufd) != 0)
+    return;
+  Splice::Events ev;
+  ev.moved = [this](int dir, size_t n) {
+    touch();
+    m().tunnel_bytes.inc(n);
+    (dir == 0 ? client_.bytes_in : client_.bytes_out) += n;
+  };
+  ev.done = [this](bool ok, const std::string& why) {
+    if (!ok) connect_error_ = why;
+    close_all(!ok);
+  };
+  ev.closed = [this] { handle_closed(); };
+  std::string err;
+  Splice* s = Splice::start(w_.loop(), cfd, ufd, std::move(ev), &err);
+  if (!s) {
+    obs::log_warn("tunnel relayed in user space: cannot splice")
+        .str("host", connect_target_)
+        .str("error", err);
+    return;
+  }
+  if (client_.reading) uv_read_stop(reinterpret_cast<uv_stream_t*>(&client_.tcp));
+  client_.reading = false;
+  up_->set_reading(false);
+  splice_ = s;
+  spliced_ = true;
+  open_handles_++;
+}
+
 bool Conn::response_not_started(const Upstream* u) const {
   return ex_.active && !ex_.resp_done && !ex_.resp_head_sent && !ex_.informational && ex_.status == 0 &&
          !(u->parser && u->parser->in_message());
@@ -1397,6 +1443,9 @@ void Conn::write_done(Side* s, int status) {
     return;
   }
   if (status < 0) {
+    if (!connect_target_.empty() && connect_error_.empty())
+      connect_error_ = std::string(s == &client_ ? "writing to the client: " : "writing to the origin: ") +
+                       uv_strerror(status);
     close_all(true);
     return;
   }
@@ -1427,6 +1476,8 @@ void Conn::maybe_shutdown(Side& s) {
 
 void Conn::update_reads() {
   if (closing_) return;
+  if (mode_ == Mode::Tunnel && !splice_) maybe_splice();
+  if (splice_) return;  // the kernel moves the bytes; libuv reads nothing
   bool want_client = false;
   bool up_ready = up_ && up_->st == Upstream::St::Ready;
   switch (mode_) {
@@ -1582,6 +1633,7 @@ void Conn::close_all(bool reset) {
         .num("duration_ms", static_cast<int64_t>(now_ms() - connect_start_ms_))
         .str("client", peer_addr_);
     if (!sni_.empty()) line.str("sni", sni_);
+    if (mode_ == Mode::Tunnel && !hijacked_) line.str("relay", spliced_ ? "splice" : "buffers");
     if (orig_tgid_ != 0) line.num("tgid", orig_tgid_).num("cgroup_id", static_cast<int64_t>(orig_cgroup_));
     if (client_.tls && client_.tls->handshake_done())
       line.str("cipher", client_.tls->ciphersuite())
@@ -1594,6 +1646,10 @@ void Conn::close_all(bool reset) {
     log_exchange();
   }
   mode_ = Mode::Closing;
+  if (splice_) {
+    splice_->close();  // its close callback counts down open_handles_
+    splice_ = nullptr;
+  }
   serve_stop();
   // A task this connection was fetching dies with it (a running job finds
   // closing_ and finishes the cleanup).

@@ -50,6 +50,7 @@
 #include "shoal/task/piece_hasher.h"
 #include "shoal/tls/client_hello.h"
 #include "shoal/tls/session.h"
+#include "splice.h"
 #include "upstream.h"
 
 namespace shoal::proxy {
@@ -263,6 +264,7 @@ class Conn : public http::Handler, public UpstreamOwner {
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // weak_ptrs tell posted callbacks we are gone
   void resp_parse(Upstream* u, const char* data, size_t n);
   void start_tunnel();
+  void maybe_splice();
   void respond_error(int status, const std::string& msg, const std::vector<http::Header>& extra = {});
   void fail_exchange(int status, const std::string& why);
   bool response_not_started(const Upstream* u) const;
@@ -300,6 +302,10 @@ class Conn : public http::Handler, public UpstreamOwner {
   std::vector<char> client_pending_;  // plaintext from the client not yet parsed
   std::vector<char> hello_;           // bytes after CONNECT, before TLS starts
   Upstream* up_ = nullptr;
+  // A plain tunnel's bytes once it carries nothing else (see splice.h);
+  // closed in close_all, counted in open_handles_ until its dups close.
+  Splice* splice_ = nullptr;
+  bool spliced_ = false;  // for the log: the tunnel went over to splice
   Exchange ex_;
   // CONNECT target.
   std::string connect_host_;

@@ -6,7 +6,7 @@
 // (a warning) unless Shoal implements it. Relative paths resolve against the
 // file's directory. Defaults live in defaults in this header and nowhere else.
 // Shoal's own sections: workers, log, admin, metrics, shutdown, watchdog, privileges, tls,
-// timeouts, transparent, proxy.{connectPorts,authCheck}, p2p (the peer side
+// timeouts, transparent, proxy.{connectPorts,authCheck,spliceTunnels}, p2p (the peer side
 // of peer-to-peer sharing; on when p2p.schedulers is not empty) and
 // schedulerServer (read by `shoald scheduler`); config.cpp documents each key.
 // A Config is immutable once loaded and is shared (shared_ptr<const Config>)
@@ -141,6 +141,7 @@ struct Config {
 
   // Task engine.
   bool auth_check = true;           // proxy.authCheck
+  bool splice_tunnels = true;       // proxy.spliceTunnels
   double task_expire_s = 6 * 3600;  // storage.taskExpireTime (Dragonfly's default)
   uint64_t disk_quota_bytes = 0;    // storage.diskGCThreshold; 0 = no quota
 
