@@ -104,8 +104,12 @@ uint32_t PeerTask::piece_len(uint32_t i) const {
 bool PeerTask::start() {
   start_ms_ = uv_now(e_.loop());
   std::string err;
-  int r = e_.tasks().store().begin(id_, &writer_, &err);
-  int fd = r == 0 ? writer_->open_data(&err) : -1;
+  // Around the page cache, written and read (see task::Writer): pieces are
+  // whole aligned blocks, and the readers (the whole-object hash, uploads
+  // to other peers, this host's client) read aligned blocks, so a task
+  // moving through this peer does not fill the page cache.
+  int r = e_.tasks().store().begin(id_, &writer_, &err, /*direct=*/true);
+  int fd = r == 0 ? writer_->open_data(&err, /*direct=*/true) : -1;
   if (fd >= 0) {
     // Pieces land anywhere in the file (holes until they come); readers see
     // only the verified prefix, the upload server only verified pieces.
@@ -600,8 +604,9 @@ void PeerTask::piece_stored(uint32_t piece, const std::string& parent, bool from
 }
 
 // The whole object's SHA-256 follows the contiguous prefix, reading back
-// what was written (from the page cache), so it is ready when the last
-// piece lands.
+// what was written (whole aligned blocks: the fd is O_DIRECT; the prefix
+// ends on a piece boundary, aligned, until the end), so it is ready when
+// the last piece lands.
 void PeerTask::hash_more() {
   if (hash_job_ || state_ != State::Running || hashed_ >= reported_) return;
   struct Job {
@@ -625,17 +630,30 @@ void PeerTask::hash_more() {
       e_.loop(), &j->req,
       [](uv_work_t* req) {
         auto* jj = static_cast<Job*>(req->data);
-        std::vector<char> buf(1 << 20);
+        constexpr size_t kBuf = 1 << 20, kAlign = task::kDirectAlign;
+        std::unique_ptr<char, void (*)(void*)> buf(static_cast<char*>(std::aligned_alloc(kAlign, kBuf)),
+                                                   std::free);
+        if (!buf || jj->from % kAlign != 0) {
+          jj->err = buf ? EINVAL : ENOMEM;
+          return;
+        }
         uint64_t at = jj->from;
         while (at < jj->to) {
-          size_t want = static_cast<size_t>(std::min<uint64_t>(buf.size(), jj->to - at));
-          ssize_t got = pread(jj->fd, buf.data(), want, static_cast<off_t>(at));
+          size_t want = static_cast<size_t>(std::min<uint64_t>(kBuf, jj->to - at));
+          size_t whole = (want + kAlign - 1) & ~(kAlign - 1);
+          ssize_t got = pread(jj->fd, buf.get(), whole, static_cast<off_t>(at));
           if (got <= 0) {
             jj->err = got < 0 ? errno : EIO;
             return;
           }
-          EVP_DigestUpdate(jj->ctx, buf.data(), static_cast<size_t>(got));
-          at += static_cast<uint64_t>(got);
+          // Whole blocks may reach past the prefix: hash only the prefix.
+          size_t use = std::min(static_cast<size_t>(got), want);
+          if (use < want && use % kAlign != 0) {
+            jj->err = EIO;  // short inside the prefix, off a block boundary
+            return;
+          }
+          EVP_DigestUpdate(jj->ctx, buf.get(), use);
+          at += use;
         }
       },
       [](uv_work_t* req, int) {

@@ -39,6 +39,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <ctime>
 #include <deque>
 #include <memory>
@@ -49,6 +50,7 @@
 #include "shoal/obs/log.h"
 #include "shoal/obs/metrics.h"
 #include "shoal/p2p/protocol.h"
+#include "shoal/task/store.h"
 #include "shoal/tls/session.h"
 #include "shoal/util/sockaddr.h"
 
@@ -252,7 +254,14 @@ struct Conn : http::Handler {
   bool slot = false;     // counted in srv->busy
   uint64_t sent = 0;
   uint32_t step = 0;  // bytes of the step in buf
-  std::unique_ptr<char[]> buf;
+  // Reads are whole aligned blocks into an aligned buffer: a piece of a
+  // task still downloading is read through an O_DIRECT fd
+  // (task::kDirectAlign). The step's bytes start skip into buf.
+  struct FreeDeleter {
+    void operator()(char* p) const { std::free(p); }
+  };
+  std::unique_ptr<char, FreeDeleter> buf;
+  uint32_t skip = 0;
   bool fs_pending = false;
   bool waiting_tokens = false;  // queued in srv->waiters
   bool has_tokens = false;      // the next step's tokens are taken
@@ -504,7 +513,13 @@ void Conn::start_piece() {
     writing = true;
     return;
   }
-  if (!buf) buf.reset(new char[kChunk]);
+  if (!buf) {
+    buf.reset(static_cast<char*>(std::aligned_alloc(task::kDirectAlign, kChunk + 2 * task::kDirectAlign)));
+    if (!buf) {
+      obs::log_error("upload: no memory for a read buffer").str("peer", peer);
+      return close_conn(true);
+    }
+  }
   pump();
 }
 
@@ -521,9 +536,14 @@ void Conn::pump() {
     return;
   }
   step = n;
-  uv_buf_t b = uv_buf_init(buf.get(), n);
+  constexpr uint64_t kAlign = task::kDirectAlign;
+  uint64_t at = ref.offset + sent;
+  uint64_t first = at & ~(kAlign - 1);
+  uint64_t last = (at + n + kAlign - 1) & ~(kAlign - 1);
+  skip = static_cast<uint32_t>(at - first);
+  uv_buf_t b = uv_buf_init(buf.get(), static_cast<unsigned>(last - first));
   fs_req.data = this;
-  int r = uv_fs_read(srv->loop, &fs_req, ref.fd, &b, 1, static_cast<int64_t>(ref.offset + sent), on_fs_read);
+  int r = uv_fs_read(srv->loop, &fs_req, ref.fd, &b, 1, static_cast<int64_t>(first), on_fs_read);
   if (r != 0) {
     obs::log_error("upload read failed").str("peer", peer).str("error", uv_strerror(r));
     return close_conn(true);
@@ -554,7 +574,7 @@ void Conn::read_done(ssize_t got) {
     maybe_free();
     return;
   }
-  if (got <= 0) {
+  if (got <= static_cast<ssize_t>(skip)) {
     // The peer gets a short body, which it must treat as a failed piece.
     obs::log_error("upload read failed")
         .str("peer", peer)
@@ -562,11 +582,13 @@ void Conn::read_done(ssize_t got) {
     return close_conn(true);
   }
   last_activity_ms = now_ms();
-  step = static_cast<uint32_t>(got);
+  // Whole blocks may reach past the step (into the next piece): only the
+  // step's own bytes go out.
+  if (static_cast<uint64_t>(got) - skip < step) step = static_cast<uint32_t>(got - skip);
   uv_buf_t bufs[2];
   unsigned nbufs = 0;
   if (!out.empty()) bufs[nbufs++] = uv_buf_init(out.data(), static_cast<unsigned>(out.size()));
-  bufs[nbufs++] = uv_buf_init(buf.get(), step);
+  bufs[nbufs++] = uv_buf_init(buf.get() + skip, step);
   if (send(bufs, nbufs) != 0) return close_conn(true);
   writing = true;
 }

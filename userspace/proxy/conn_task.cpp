@@ -545,8 +545,12 @@ void Conn::serve_pump() {
     send_client(head.data(), head.size());
     if (closing_) return;
   }
-  if (serve_.offset < limit) {
-    uint64_t n = limit - serve_.offset;
+  // From disk, a task still downloading is read in whole blocks only: the
+  // writer may rewrite its padded last block (task::Writer).
+  uint64_t disk_limit = limit;
+  if (serve_.task && !v.verified && !drain_) disk_limit &= ~static_cast<uint64_t>(task::kDirectAlign - 1);
+  if (serve_.offset < disk_limit) {
+    uint64_t n = disk_limit - serve_.offset;
     if (n > kServeChunk) n = kServeChunk;
     int fd = serve_.task ? serve_.task->fd() : serve_.fd;
     constexpr size_t kAlign = task::kDirectAlign;
@@ -705,7 +709,9 @@ void Conn::tee_streaming(const http::MessageHead& head) {
   task::Engine& engine = *w_.shared().engine;
   std::string err;
   int r = engine.store().begin(tee_->task->id(), &tee_->writer, &err, /*direct=*/true);
-  int fd = r == 0 ? tee_->writer->open_data(&err) : -1;
+  // Readers that joined share the page cache (one disk read for them all);
+  // the owner's client is served from memory while it keeps up.
+  int fd = r == 0 ? tee_->writer->open_data(&err, /*direct=*/false) : -1;
   if (r != 0 || fd < 0) {
     obs::log_error("cannot store task; passing it through").str("task", tee_->task->id()).str("error", err);
     tee_abandon("cannot store: " + err);

@@ -1035,14 +1035,13 @@ void Writer::abort() {
   remove_tree(store_->impl_->root, tmp_rel_.c_str());
 }
 
-int Writer::open_data(std::string* err) const {
+int Writer::open_data(std::string* err, bool direct) const {
   std::string rel = tmp_rel_ + "/data";
   if (done_)
     return fail_with(err, EINVAL, store_->impl_->path(rel) + ": writer already committed or aborted");
-  // Readers of a direct Writer's file read around the page cache too, so
-  // the object never fills it while it downloads.
   int fd = -1;
-  if (direct_.load()) fd = ::openat(store_->impl_->root, rel.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+  if (direct && direct_.load())
+    fd = ::openat(store_->impl_->root, rel.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
   if (fd < 0) fd = ::openat(store_->impl_->root, rel.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return fail_with(err, errno, sys_msg("open", store_->impl_->path(rel), errno));
   return fd;

@@ -77,9 +77,13 @@ class Store;
 // aligned buffer, a partial last block is written padded and rewritten by
 // the next write (so ranges written concurrently must not share a
 // kDirectAlign block: pieces start on block boundaries), and commit() cuts
-// the padding off. Readers of its open_data() fd must read aligned
-// (kDirectAlign: buffer, offset and length); reading whole blocks past what
-// was written is harmless and returns what is on disk.
+// the padding off. Readers of an open_data(direct = true) fd must read
+// aligned (kDirectAlign: buffer, offset and length); reading whole blocks
+// past what was written is harmless and returns what is on disk. Readers
+// through the page cache (direct = false) stay coherent with the direct
+// writes (the kernel drops cached pages a direct write covers); to be safe
+// from a read racing the rewrite of the padded last block, they read only
+// whole blocks below what was written until the writing is over.
 constexpr size_t kDirectAlign = 4096;
 class Writer {
  public:
@@ -106,8 +110,9 @@ class Writer {
 
   // An O_RDONLY|O_CLOEXEC fd on the bytes written so far, for serving a task
   // while it downloads; the caller closes it. It stays readable after commit
-  // or abort. -EINVAL once committed or aborted.
-  int open_data(std::string* err) const;
+  // or abort. -EINVAL once committed or aborted. direct: O_DIRECT too, when
+  // this Writer is direct (reads around the page cache; aligned only).
+  int open_data(std::string* err, bool direct = false) const;
 
   const std::string& id() const { return id_; }
   // Whether writes bypass the page cache (false after a fallback).

@@ -236,7 +236,8 @@ std::string read_aligned(int fd, size_t n) {
 
 // A direct Writer: sequential writes of every awkward size (a byte, a block
 // and one either side, several times its staging buffer), each readable in
-// full through an O_DIRECT reader right after it returns; block-aligned
+// full through an O_DIRECT reader right after it returns (and its whole
+// blocks through a page-cache reader); block-aligned
 // pieces out of order on a second writer; commit() cuts the padding off.
 void test_direct_writes(void**) {
   std::string dir = make_tmpdir();
@@ -250,19 +251,25 @@ void test_direct_writes(void**) {
     std::unique_ptr<Writer> w;
     assert_int_equal(s->begin(id, &w, &err, true), 0);
     std::printf("# direct writes on %s: %s\n", dir.c_str(), w->direct() ? "O_DIRECT" : "buffered (fallback)");
-    int rfd = w->open_data(&err);
+    int rfd = w->open_data(&err, true);   // around the page cache
+    int bfd = w->open_data(&err, false);  // through it, whole blocks only
     assert_true(rfd >= 0);
+    assert_true(bfd >= 0);
     size_t at = 0;
     for (size_t n : sizes) {
       assert_int_equal(w->write(data.data() + at, n, at, &err), 0);
       at += n;
       assert_true(read_aligned(rfd, at) == data.substr(0, at));
+      size_t whole = at / shoal::task::kDirectAlign * shoal::task::kDirectAlign;
+      assert_true(read_fd(bfd).substr(0, whole) == data.substr(0, whole));
     }
     assert_int_equal(w->commit(meta_for(id, data, 1 << 20), &err), 0);
     w.reset();
     assert_true(get(s.get(), id) == data);
     assert_true(read_aligned(rfd, data.size() + 8192) == data);  // no padding left past the end
+    assert_true(read_fd(bfd) == data);
     ::close(rfd);
+    ::close(bfd);
 
     // Pieces of 64 KiB, last one short, written in reverse order.
     std::string id2 = id_for(42), data2 = data_for(42, 10 * 65536 + 999);
