@@ -2,6 +2,8 @@
 #include "splice.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -16,6 +18,9 @@ namespace {
 // A pipe's default capacity. Larger pipes (F_SETPIPE_SZ, 1 MiB) moved the
 // bench's tunnel no faster and count against the user's pipe limits.
 constexpr size_t kPipeBytes = 64 * 1024;
+// A read this large says the source has a stream going (a pipe's worth, or
+// half of one when the pipe's slots filled with partial pages).
+constexpr size_t kBulkBytes = kPipeBytes / 2;
 // Rounds of read-then-write per direction and readiness event, so one busy
 // tunnel cannot hold the loop from the other connections.
 constexpr int kRoundsPerEvent = 8;
@@ -120,11 +125,15 @@ bool Splice::pump(int di) {
       ssize_t n = ::splice(d.from, nullptr, d.pipe_w, nullptr, kPipeBytes, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n > 0) {
         d.in_pipe = static_cast<size_t>(n);
+        set_nagle(d, d.in_pipe >= kBulkBytes);
         progress = true;
       } else if (n == 0) {
         d.eof = true;
+        set_nagle(d, false);
         progress = true;
-      } else if (errno != EAGAIN && errno != EINTR) {
+      } else if (errno == EAGAIN) {
+        set_nagle(d, false);  // the source ran dry: what is held goes now
+      } else if (errno != EINTR) {
         fail(errno_text(di == 0 ? "reading the client" : "reading the origin", errno));
         return false;
       }
@@ -148,9 +157,25 @@ bool Splice::pump(int di) {
         return false;
       }
     }
-    if (!progress) break;
+    if (!progress) return true;
   }
+  // Out of rounds with bytes perhaps still coming: nothing may stay held
+  // until the next event, which may never come if the source just ran dry.
+  set_nagle(d, false);
   return true;
+}
+
+// With TCP_NODELAY (Shoal's sockets have it) each 64 KiB moved leaves as a
+// full loopback segment (MSS 65483) and a 53-byte one: twice the packets,
+// and twice the receiver's wakeups. While the source keeps a full pipe
+// coming, Nagle on the sink merges those tails into the next write; when
+// the source runs dry, TCP_NODELAY again, which sends what is held at once,
+// so the end of a burst never waits for an ACK.
+void Splice::set_nagle(Dir& d, bool on) {
+  if (d.nagle == on) return;
+  int nodelay = on ? 0 : 1;
+  // A failure leaves the socket as it was: correct either way, only slower.
+  if (::setsockopt(d.to, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof nodelay) == 0) d.nagle = on;
 }
 
 void Splice::fail(const std::string& why) {

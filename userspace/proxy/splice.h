@@ -52,6 +52,7 @@ class Splice {
     int pipe_r = -1, pipe_w = -1;
     size_t in_pipe = 0;
     bool eof = false, shut = false;
+    bool nagle = false;  // TCP_NODELAY cleared on `to` (see set_nagle)
     uint64_t moved = 0;
   };
   Splice() = default;
@@ -62,6 +63,7 @@ class Splice {
   // was reported).
   bool pump(int d);
   void fail(const std::string& why);
+  void set_nagle(Dir& d, bool on);
   void rearm();
 
   uv_poll_t poll_[2]{};  // on fds_[0] (a) and fds_[1] (b)
