@@ -76,8 +76,8 @@
 //     authCheck: true           # before serving stored or shared bytes, ask the
 //                               # origin (HEAD with the client's own headers)
 //                               # whether this client may have them
-//     spliceTunnels: true       # tunnels' bytes move inside the kernel (splice);
-//                               # false: through Shoal's buffers
+//     spliceTunnels: false      # true: tunnels' bytes move inside the kernel
+//                               # (splice; less CPU, slower on loopback here)
 //   p2p:                        # the peer side; P2P is on when schedulers is not empty
 //     schedulers: []            # ["10.0.0.5:8002", "[fd00::5]:8002"]: IP literals
 //     clusterSecretFile: ""     # required with schedulers: every peer request is signed

@@ -141,7 +141,7 @@ struct Config {
 
   // Task engine.
   bool auth_check = true;           // proxy.authCheck
-  bool splice_tunnels = true;       // proxy.spliceTunnels
+  bool splice_tunnels = false;      // proxy.spliceTunnels
   double task_expire_s = 6 * 3600;  // storage.taskExpireTime (Dragonfly's default)
   uint64_t disk_quota_bytes = 0;    // storage.diskGCThreshold; 0 = no quota
 

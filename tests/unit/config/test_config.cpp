@@ -192,6 +192,7 @@ void test_guide_top_level(void**) {
   assert_int_equal(c.connect_ports[0], 443);
   assert_string_equal(c.data_dir.c_str(), "/var/lib/shoal");
   assert_string_equal(c.default_filter.c_str(), "Expires&Signature&ns");
+  assert_false(c.splice_tunnels);  // tunnels through Shoal's buffers unless asked
 }
 
 // The same sections under proxy:, where Dragonfly's daemon reads them.
@@ -471,6 +472,11 @@ void test_relative_paths(void**) {
   expect_clean(t);
   assert_false(t.config->tls_session_tickets);
   assert_true(t.config->tls_ticket_lifetime_s == 5400.0);
+  const LoadResult sp = load("proxy:\n  spliceTunnels: true\n");
+  expect_clean(sp);
+  assert_true(sp.config->splice_tunnels);
+  const LoadResult bad = load("proxy:\n  spliceTunnels: sometimes\n");
+  assert_null(bad.config.get());  // not a boolean: an error, no config
   assert_int_equal(c.mirror.certs.size(), 2);
   assert_string_equal(c.mirror.certs[0].c_str(), "/etc/shoal/mirror.pem");
   assert_string_equal(c.mirror.certs[1].c_str(), "/abs/m.pem");

@@ -137,7 +137,7 @@ void test_both_ways_and_half_close(void**) {
   End a{a_far, pattern(6u << 20, 1)}, b{b_far, pattern(5u << 20, 2)};
   a.shut_after = true;  // the client half-closes after its bytes
   assert_true(run_until(&loop, &a, &b, [&] { return b.eof; }));
-  assert_true(b.in == a.out);  // every byte before the EOF
+  assert_true(b.in == a.out);      // every byte before the EOF
   assert_int_equal(seen.done, 0);  // the other way still runs
   b.shut_after = true;
   assert_true(run_until(&loop, &a, &b, [&] { return a.eof && seen.done > 0; }));
