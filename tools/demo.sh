@@ -73,6 +73,8 @@ say "making a site CA that may only vouch for *.shoal.test (tools/gen-ca.sh --pe
 say "starting shoald (explicit proxy, hijacking the registry and its blob store)"
 proxy_port=$(free_port)
 metrics_port=$(free_port)
+# Two binds in a row may get the same ephemeral port.
+while [ "$metrics_port" = "$proxy_port" ]; do metrics_port=$(free_port); done
 cat >"$work/shoald.yaml" <<EOF
 # Dragonfly dfget.yaml sections, as the Singularity/Apptainer guide shows them.
 proxy:

@@ -100,9 +100,22 @@ wait_port() {
   done
 }
 
-# free_port: prints a TCP port on 127.0.0.1 that was free a moment ago.
+# free_port: prints a TCP port on 127.0.0.1 that was free a moment ago and
+# that this test has not been given before (the kernel may hand the same
+# ephemeral port to two binds in a row: a daemon's proxy and metrics
+# listeners once got the same one). Ports given are kept in $TEST_TMP.
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  local p i given=$TEST_TMP/.ports-given
+  for ((i = 0; i < 50; i++)); do
+    p=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    if ! grep -qx "$p" "$given" 2>/dev/null; then
+      echo "$p" >>"$given"
+      echo "$p"
+      return 0
+    fi
+  done
+  echo "free_port: no new port in 50 tries" >&2
+  return 1
 }
 
 # sha256_of FILE: prints "sha256:<hex>" of FILE.

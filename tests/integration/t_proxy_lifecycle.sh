@@ -10,6 +10,8 @@
 #   admin socket: a user outside admin.group is refused (filesystem mode
 #     and, with the mode opened up, the daemon's SO_PEERCRED check); the
 #     same user in the group is let in
+#   a listener that cannot be had (the metrics port taken): exit status 1,
+#     the reason on stderr and in core.log, no abort
 . "$(dirname "$0")/lib.sh"
 
 need_root
@@ -194,4 +196,18 @@ usermod -a -G "$grp" "$user"
 su -s /bin/sh "$user" -c "'$ctl' --socket '$SHOALD_ADMIN_SOCKET' status" >"$TEST_TMP/member.out" 2>&1 ||
   fail "a member of $grp was refused: $(cat "$TEST_TMP/member.out")"
 shoald_alive "end of test"
+
+info "a metrics port already taken: shoald exits 1 with the reason"
+# The running daemon's own metrics port is the one taken.
+mkdir -p "$TEST_TMP/busy/data" "$TEST_TMP/busy/log"
+rc=0
+timeout 20 "$BUILD/shoald" -c "$good" --data-dir "$TEST_TMP/busy/data" --log-dir "$TEST_TMP/busy/log" \
+  --admin-socket "$TEST_TMP/busy/admin.sock" --metrics-listen "127.0.0.1:$SHOALD_METRICS_PORT" \
+  --proxy-listen "127.0.0.1:$(free_port)" --transparent off >"$TEST_TMP/busy/out" 2>&1 || rc=$?
+assert_eq "$rc" 1 "shoald's exit status when its metrics port is taken (134 would be an abort)"
+grep -q "cannot listen on metrics 127.0.0.1:$SHOALD_METRICS_PORT: address already in use" "$TEST_TMP/busy/out" ||
+  fail "stderr does not name the taken port: $(cat "$TEST_TMP/busy/out")"
+[ "$(jq -c 'select(.msg == "start failed")' "$TEST_TMP/busy/log/core.log" | wc -l)" = 1 ] ||
+  fail "core.log lacks the start failure: $(cat "$TEST_TMP/busy/log/core.log")"
+shoald_alive "after the second daemon failed"
 info "ok"

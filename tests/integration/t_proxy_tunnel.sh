@@ -151,7 +151,9 @@ EOF
   # Up: the CONNECT request and the client's bytes; down: the stream and
   # the answer.
   up=$(jq -r .bytes_up <<<"$ok")
-  [ "$up" -ge "$SIZE" ] && [ "$up" -lt $((SIZE + 512)) ] || fail "$relay: bytes_up $up, want $SIZE + the CONNECT request"
+  if [ "$up" -lt "$SIZE" ] || [ "$up" -ge $((SIZE + 512)) ]; then
+    fail "$relay: bytes_up $up, want $SIZE + the CONNECT request"
+  fi
   [ "$(jq -r .bytes_down <<<"$ok")" -gt "$SIZE" ] || fail "$relay: bytes_down $(jq -r .bytes_down <<<"$ok") <= $SIZE"
   [ "$(jq -r '.error // ""' <<<"$ok")" = "" ] || fail "$relay: a clean tunnel logged an error: $ok"
   bad=$(jq -c "select(.host == \"127.0.0.1:$RPORT\")" <<<"$lines")

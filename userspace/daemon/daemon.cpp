@@ -323,6 +323,9 @@ int Daemon::run() {
         nullptr);
     uv_run(&loop_, UV_RUN_DEFAULT);
     uv_loop_close(&loop_);
+    // The log's writer thread drains the "start failed" line and ends;
+    // left running, its std::thread would abort the process at exit.
+    obs::log_close();
     return rc;
   }
   uv_run(&loop_, UV_RUN_DEFAULT);
