@@ -121,93 +121,82 @@ bool run_until(uv_loop_t* loop, End* a, End* b, Pred pred) {
   return pred();
 }
 
-void test_both_ways_and_half_close(void**) {
+// A loop and two loopback TCP pairs with a Splice between their near ends
+// (as a Conn would have it: client side a, origin side b).
+struct Rig {
   uv_loop_t loop;
-  uv_loop_init(&loop);
-  int a_near, a_far, b_near, b_far;
-  tcp_pair(&a_near, &a_far);  // client side
-  tcp_pair(&b_near, &b_far);  // origin side
+  int a_near = -1, a_far = -1, b_near = -1, b_far = -1;
   Seen seen;
-  std::string err;
-  Splice* sp = Splice::start(&loop, a_near, b_near, events(&seen), &err);
-  assert_non_null(sp);
+  Splice* sp = nullptr;
+  Rig() {
+    uv_loop_init(&loop);
+    tcp_pair(&a_near, &a_far);
+    tcp_pair(&b_near, &b_far);
+    std::string err;
+    sp = Splice::start(&loop, a_near, b_near, events(&seen), &err);
+    assert_non_null(sp);
+  }
+  // Closes the Splice and checks it frees itself and leaves no handle.
+  void finish() {
+    sp->close();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(seen.closed, 1);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    for (int fd : {a_near, a_far, b_near, b_far})
+      if (fd >= 0) close(fd);
+  }
+};
+
+void test_both_ways_and_half_close(void**) {
+  Rig r;
   // The proxy's own fds stay its own: Splice works on dups.
-  close(a_near);
-  close(b_near);
-  End a{a_far, pattern(6u << 20, 1)}, b{b_far, pattern(5u << 20, 2)};
+  close(r.a_near);
+  close(r.b_near);
+  r.a_near = r.b_near = -1;
+  End a{r.a_far, pattern(6u << 20, 1)}, b{r.b_far, pattern(5u << 20, 2)};
   a.shut_after = true;  // the client half-closes after its bytes
-  assert_true(run_until(&loop, &a, &b, [&] { return b.eof; }));
-  assert_true(b.in == a.out);      // every byte before the EOF
-  assert_int_equal(seen.done, 0);  // the other way still runs
+  assert_true(run_until(&r.loop, &a, &b, [&] { return b.eof; }));
+  assert_true(b.in == a.out);        // every byte before the EOF
+  assert_int_equal(r.seen.done, 0);  // the other way still runs
   b.shut_after = true;
-  assert_true(run_until(&loop, &a, &b, [&] { return a.eof && seen.done > 0; }));
+  assert_true(run_until(&r.loop, &a, &b, [&] { return a.eof && r.seen.done > 0; }));
   assert_true(a.in == b.out);
-  assert_int_equal(seen.done, 1);
-  assert_true(seen.ok);
-  assert_int_equal(seen.moved[0], a.out.size());
-  assert_int_equal(seen.moved[1], b.out.size());
-  assert_int_equal(sp->moved(0), a.out.size());
-  sp->close();
-  uv_run(&loop, UV_RUN_DEFAULT);
-  assert_int_equal(seen.closed, 1);
-  assert_int_equal(uv_loop_close(&loop), 0);
-  close(a_far);
-  close(b_far);
+  assert_int_equal(r.seen.done, 1);
+  assert_true(r.seen.ok);
+  assert_int_equal(r.seen.moved[0], a.out.size());
+  assert_int_equal(r.seen.moved[1], b.out.size());
+  assert_int_equal(r.sp->moved(0), a.out.size());
+  r.finish();
 }
 
 void test_reset_fails(void**) {
-  uv_loop_t loop;
-  uv_loop_init(&loop);
-  int a_near, a_far, b_near, b_far;
-  tcp_pair(&a_near, &a_far);
-  tcp_pair(&b_near, &b_far);
-  Seen seen;
-  std::string err;
-  Splice* sp = Splice::start(&loop, a_near, b_near, events(&seen), &err);
-  assert_non_null(sp);
-  close(a_near);
-  close(b_near);
-  End a{a_far, pattern(64u << 20, 3)}, b{b_far, ""};
+  Rig r;
+  End a{r.a_far, pattern(64u << 20, 3)}, b{r.b_far, ""};
   // The origin resets after a little: the client's upload cannot go on.
-  assert_true(run_until(&loop, &a, &b, [&] { return b.in.size() > (1u << 20); }));
+  assert_true(run_until(&r.loop, &a, &b, [&] { return b.in.size() > (1u << 20); }));
   linger lg{1, 0};
-  setsockopt(b_far, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-  close(b_far);
-  b.fd = -1;
-  assert_true(run_until(&loop, &a, &b, [&] { return seen.done > 0; }));
-  assert_int_equal(seen.done, 1);
-  assert_false(seen.ok);
-  assert_true(seen.why.find("origin") != std::string::npos);
-  sp->close();
-  uv_run(&loop, UV_RUN_DEFAULT);
-  assert_int_equal(seen.closed, 1);
-  assert_int_equal(uv_loop_close(&loop), 0);
-  close(a_far);
+  setsockopt(r.b_far, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  close(r.b_far);
+  r.b_far = b.fd = -1;
+  close(r.b_near);  // the proxy's own fd too: only Splice's dup holds it now
+  r.b_near = -1;
+  assert_true(run_until(&r.loop, &a, &b, [&] { return r.seen.done > 0; }));
+  assert_int_equal(r.seen.done, 1);
+  assert_false(r.seen.ok);
+  assert_true(r.seen.why.find("origin") != std::string::npos);
+  r.finish();
 }
 
 void test_close_while_idle_and_bad_start(void**) {
-  uv_loop_t loop;
-  uv_loop_init(&loop);
-  int a_near, a_far, b_near, b_far;
-  tcp_pair(&a_near, &a_far);
-  tcp_pair(&b_near, &b_far);
-  Seen seen;
-  std::string err;
-  Splice* sp = Splice::start(&loop, a_near, b_near, events(&seen), &err);
-  assert_non_null(sp);
-  uv_run(&loop, UV_RUN_NOWAIT);
-  sp->close();  // nothing moved, nothing reported after close
-  uv_run(&loop, UV_RUN_DEFAULT);
-  assert_int_equal(seen.done, 0);
-  assert_int_equal(seen.closed, 1);
-
+  Rig r;
+  uv_run(&r.loop, UV_RUN_NOWAIT);
   Seen bad;
-  assert_null(Splice::start(&loop, a_near, -1, events(&bad), &err));
+  std::string err;
+  assert_null(Splice::start(&r.loop, r.a_near, -1, events(&bad), &err));
   assert_false(err.empty());
-  uv_run(&loop, UV_RUN_DEFAULT);
+  r.finish();  // closed while idle: nothing moved, nothing reported
+  assert_int_equal(r.seen.done, 0);
   assert_int_equal(bad.closed, 0);  // a failed start reports nothing
-  assert_int_equal(uv_loop_close(&loop), 0);
-  for (int fd : {a_near, a_far, b_near, b_far}) close(fd);
 }
 
 }  // namespace
