@@ -143,9 +143,20 @@ cleanup() {
   exit "$rc"
 }
 
-# free_port: a TCP port on 127.0.0.1 that was free a moment ago.
+# free_port: a TCP port on 127.0.0.1 that was free a moment ago and not
+# given before in this run (two binds in a row may get the same ephemeral
+# port); the ports given are kept in the scratch directory.
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  local p i given=${W:?bench_scratch first}/.ports-given
+  for ((i = 0; i < 50; i++)); do
+    p=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    if ! grep -qx "$p" "$given" 2>/dev/null; then
+      echo "$p" >>"$given"
+      echo "$p"
+      return 0
+    fi
+  done
+  die "free_port: no new port in 50 tries"
 }
 
 # wait_port HOST PORT PID WHAT: until HOST:PORT accepts (15 s), or PID dies.
