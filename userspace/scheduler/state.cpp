@@ -49,6 +49,12 @@ constexpr uint32_t kRecentResults = 64;
 // A downloading peer that asked within this long competes for origin pieces.
 constexpr int64_t kSourceRecentMs = 2000;
 constexpr int64_t kFloorMs = 200;
+// An origin slot left free this long goes to any idle downloading peer that
+// asks, not only to the ones handed the fewest pieces: fairness spreads the
+// origin's pieces over the uplinks, but an idle origin costs every peer time
+// (bench/p2p.sh at N=16 had the origin idle for up to 0.9 s at a time while
+// the two fairest peers polled on their slow cadence).
+constexpr int64_t kOriginGraceMs = 60;
 
 struct Bits {
   std::vector<uint64_t> w;
@@ -112,6 +118,7 @@ struct Task {
   int64_t floor_ms = 0;                          // when floor and recent_sources were worked out
   uint32_t floor = 0;                            // fewest pieces handed to an idle recent source
   uint32_t recent_sources = 0;
+  int64_t slot_free_ms = 0;  // since when a parents call saw a free origin slot (0: none free)
   // Peer ids, so that leaving and registering again does not clear them.
   std::unordered_map<std::string, std::vector<std::string>> excluded_by;    // reporter -> parents
   std::unordered_map<std::string, std::vector<std::string>> bad_reporters;  // parent -> reporters
@@ -674,6 +681,7 @@ int State::parents(const p2p::ParentsReq& req, int64_t now_ms, p2p::ParentsResp*
   }
 
   out->origin.clear();
+  bool grace_retry = false;
   if (req.source) {
     uint32_t conc = opts_.origin_concurrency;
     uint32_t live = static_cast<uint32_t>(x.assigns.size());  // all live after the sweep
@@ -703,19 +711,32 @@ int State::parents(const p2p::ParentsReq& req, int64_t now_ms, p2p::ParentsResp*
       }
       uint32_t in_flight = 0;
       for (const Assign& a : x.assigns) in_flight += a.peer == p;
+      if (x.slot_free_ms == 0) x.slot_free_ms = now_ms;
       bool others = x.recent_sources > 1;
       bool poorer = x.floor != UINT32_MAX && x.floor < me.handed;
-      uint32_t want =
-          !others ? (out->parents.empty() ? conc - live : 1) : (in_flight == 0 && !poorer ? 1 : 0);
+      bool waited = now_ms - x.slot_free_ms >= kOriginGraceMs;
+      uint32_t want = !others ? (out->parents.empty() ? conc - live : 1)
+                              : (in_flight == 0 && (!poorer || waited) ? 1 : 0);
+      // A piece this peer could fetch from the origin that nobody is on.
+      auto open_piece = [&](uint32_t i) {
+        if (x.known.test(i) || s.req_have.test(i)) return false;
+        for (const Assign& a : x.assigns)
+          if (a.piece == i) return false;
+        return true;
+      };
       for (uint32_t i = x.first_unknown; i < x.pieces && want > 0; ++i) {
-        if (x.known.test(i) || s.req_have.test(i)) continue;
-        bool taken = false;
-        for (const Assign& a : x.assigns) taken = taken || a.piece == i;
-        if (taken) continue;
+        if (!open_piece(i)) continue;
         x.assigns.push_back(Assign{i, p, 0});
         ++s.c.origin_assigned;
         ++me.handed;
         --want;
+      }
+      if (x.assigns.size() >= conc) {
+        x.slot_free_ms = 0;
+      } else if (in_flight == 0) {
+        // Refused while a piece waits for the origin: come back when the
+        // grace is over.
+        for (uint32_t i = x.first_unknown; i < x.pieces && !grace_retry; ++i) grace_retry = open_piece(i);
       }
     }
     for (Assign& a : x.assigns) {
@@ -726,6 +747,7 @@ int State::parents(const p2p::ParentsReq& req, int64_t now_ms, p2p::ParentsResp*
     std::sort(out->origin.begin(), out->origin.end());
   }
   out->retry_ms = out->parents.empty() && out->origin.empty() ? kRetryMs : 0;
+  if (grace_retry && out->origin.empty()) out->retry_ms = kOriginGraceMs;
   return 200;
 }
 

@@ -112,7 +112,7 @@ struct ParentsResp {
   // Pieces the sender is to fetch from the origin now: nobody holds them
   // and nobody else is fetching them.
   std::vector<uint32_t> origin;
-  uint32_t retry_ms = 0;  // when nothing is offered: ask again after this long
+  uint32_t retry_ms = 0;  // ask again after this long (nothing offered, or an origin piece soon)
 };
 struct ResultReq {
   enum class Outcome { Ok, BadPiece, Stall, Error, OriginFailed };

@@ -380,6 +380,45 @@ void test_origin_concurrency_option(void**) {
   assert_true(r.origin.empty());
 }
 
+// A free origin slot waits a short grace for the peers handed the fewest
+// pieces, then goes to any idle downloader that asks: the origin's uplink
+// must not idle while the fairest peers poll on their slow cadence.
+void test_origin_slot_grace(void**) {
+  Options o;
+  o.origin_concurrency = 2;
+  State s(o);
+  for (auto p : {"seed", "a", "b", "c"}) reg(s, p, 0);
+  announce(s, "seed", 10, bits(10, {0}), hashes_for({0}), 0);
+  p2p::ParentsResp r;
+  parents(s, "a", 10, p2p::Bitmap(10), true, 0, &r);
+  assert_true(r.origin == std::vector<uint32_t>({1}));
+  parents(s, "b", 10, p2p::Bitmap(10), true, 0, &r);
+  assert_true(r.origin == std::vector<uint32_t>({2}));
+  parents(s, "c", 10, p2p::Bitmap(10), true, 0, &r);
+  assert_true(r.origin.empty());  // both slots busy
+  // c stays away. a lands piece 1 and asks at once: c was handed fewer, so
+  // a is refused for now and told to come back when the grace is over.
+  announce(s, "a", 10, bits(10, {0, 1}), hashes_for({0, 1}), 300);
+  parents(s, "a", 10, bits(10, {0, 1}), true, 300, &r);
+  assert_true(r.origin.empty());
+  assert_int_equal(r.retry_ms, 60);
+  parents(s, "a", 10, bits(10, {0, 1}), true, 359, &r);
+  assert_true(r.origin.empty());
+  // The grace is over: the idle slot goes to a after all.
+  parents(s, "a", 10, bits(10, {0, 1}), true, 360, &r);
+  assert_true(r.origin == std::vector<uint32_t>({3}));
+  assert_int_equal(s.live_assignments_for_test(kTask, 360), 2);
+  // Both slots busy again: c, asking now, waits like everyone else
+  // (retry_ms is the ordinary poll, not the grace).
+  parents(s, "c", 10, p2p::Bitmap(10), true, 400, &r);
+  assert_true(r.origin.empty());
+  assert_int_not_equal(r.retry_ms, 60);
+  // The next free slot goes to c (fewest handed) without any wait.
+  announce(s, "b", 10, bits(10, {2}), hashes_for({2}), 500);
+  parents(s, "c", 10, p2p::Bitmap(10), true, 500, &r);
+  assert_true(r.origin == std::vector<uint32_t>({4}));
+}
+
 void test_assignment_deadline(void**) {
   State s;
   reg(s, "p1", 0);
@@ -726,6 +765,7 @@ int run_state_tests() {
       cmocka_unit_test(test_ranking),
       cmocka_unit_test(test_origin_assignment_spreads),
       cmocka_unit_test(test_origin_concurrency_option),
+      cmocka_unit_test(test_origin_slot_grace),
       cmocka_unit_test(test_assignment_deadline),
       cmocka_unit_test(test_peer_and_task_expiry),
       cmocka_unit_test(test_hash_acceptance),
