@@ -2,7 +2,7 @@
 # P2P on one machine (loopback): a scheduler and two shoalds side by side,
 # each with its own proxy, peer, metrics and admin addresses, against the
 # real registry fixture (which redirects blobs to its blob store).
-#   - peer A pulls the ~8 MiB layer (two 4 MiB pieces): its client gets the
+#   - peer A pulls the ~8 MiB layer (1 MiB pieces): its client gets the
 #     right bytes; A fetched every piece from the origin with Range requests
 #     carrying no registry token at the blob store; "peer task done" says
 #     bytes_origin = size;
@@ -17,6 +17,10 @@
 #     piece from D; D's upload server gives a plain HTTP client no answer,
 #     and answers a TLS 1.2 DHE-PSK client holding the derived key (403 for
 #     an unsigned request);
+#   - a swarm the scheduler knows with another length (a peer that lies, or
+#     an object that changed): the scheduler answers 409, and peer A fetches
+#     the small layer from the origin at once, with a warning, instead of
+#     leaving its client waiting;
 #   - with the scheduler stopped, a third peer C still pulls the layer (from
 #     the origin) and logs a warning that no scheduler is reachable.
 . "$(dirname "$0")/lib.sh"
@@ -125,7 +129,8 @@ a_store=$(store_bytes "$store_mark")
 [ "$a_store" -ge "$size" ] || fail "blob store sent $a_store bytes for peer A's pull, want >= $size"
 ranges=$(log_since "$SHOAL_TEST_BLOBS_LOG" "$store_mark" |
   jq -R --arg h "$hex" 'fromjson? | select(.method == "GET" and (.uri | contains($h))) | .status' | grep -c '^206$' || true)
-[ "$ranges" -ge 2 ] || fail "blob store answered $ranges Range requests (206), want one per piece (2)"
+pieces=$(((size + (1 << 20) - 1) >> 20))
+[ "$ranges" -ge "$pieces" ] || fail "blob store answered $ranges Range requests (206), want one per piece ($pieces)"
 assert_eq "$(log_since "$SHOAL_TEST_BLOBS_LOG" "$store_mark" | jq -s '[.[] | select(.auth == "yes")] | length')" 0 \
   "blob-store requests carrying the registry token"
 
@@ -220,6 +225,36 @@ assert_eq "$(jq -r '.p2p.schedulers[0].reachable' <<<"$st")" true "status: sched
 assert_eq "$(jq -r '.listeners[] | select(.kind == "peer") | .address' <<<"$st")" "127.0.0.1:$A_PEER" "status: peer listener"
 "$BUILD/shoalctl" --socket "$A_ADMIN" status | grep -q "scheduler 127.0.0.1:$sched_port reachable" ||
   fail "shoalctl status (table) does not show the scheduler as reachable"
+
+info "a swarm with another length: peer A fetches from the origin"
+small=$SHOAL_TEST_HELLO_SMALL_LAYER_DIGEST
+small_size=$SHOAL_TEST_HELLO_SMALL_LAYER_SIZE
+# A peer of the cluster (it holds the secret) tells the scheduler the small
+# layer is one byte longer, before anyone else asks for it.
+python3 - "$secret" "$sched_port" "${small#sha256:}" "$small_size" <<'PY' || fail "the lying announce was not taken"
+import hashlib, hmac, json, os, sys, time, urllib.request
+secret, port, task, size = open(sys.argv[1], 'rb').read().strip(), sys.argv[2], sys.argv[3], int(sys.argv[4]) + 1
+def post(path, body):
+    data = json.dumps(body).encode()
+    ts, nonce = str(int(time.time())), os.urandom(16).hex()
+    msg = "\n".join(["shoal-req-v1", "POST", path, ts, nonce, hashlib.sha256(data).hexdigest()]).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method="POST", headers={
+        "Content-Type": "application/json", "X-Shoal-Protocol": "1", "X-Shoal-Time": ts,
+        "X-Shoal-Nonce": nonce, "X-Shoal-Signature": hmac.new(secret, msg, hashlib.sha256).hexdigest()})
+    return urllib.request.urlopen(req, timeout=10).status
+pieces = (size + (1 << 20) - 1) >> 20
+assert post("/v1/register", {"v": 1, "peer": "liar", "addr": "127.0.0.1:9", "labels": {}, "slots": 1}) == 200
+assert post("/v1/announce", {"v": 1, "peer": "liar", "task": task, "length": size, "piece_size": 1 << 20,
+                             "have": "00" * ((pieces + 7) // 8), "hashes": {}, "complete": False}) == 200
+PY
+small_url=$SHOAL_TEST_REGISTRY_URL/v2/$SHOAL_TEST_HELLO_REPO/blobs/$small
+t0=$SECONDS
+code=$(curl -sS --max-time 60 -x "$A_PROXY" --cacert "$bundle" -H "Authorization: Bearer $token" \
+  -o "$TEST_TMP/small.body" -w '%{http_code}' "$small_url") || fail "peer A pull of the small layer failed"
+assert_eq "$code" 200 "small layer status"
+assert_eq "$(sha256_of "$TEST_TMP/small.body")" "$small" "small layer digest"
+[ $((SECONDS - t0)) -le 10 ] || fail "the small layer took $((SECONDS - t0)) s (waiting on the scheduler?)"
+assert_log_has ".msg == \"the scheduler knows this task with another length; fetching from the origin\" and .task == \"${small#sha256:}\"" "$A_LOG"
 
 info "scheduler stopped: peer C still pulls (from the origin)"
 stop_pid "$sched_pid"

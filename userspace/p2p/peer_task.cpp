@@ -145,7 +145,7 @@ void PeerTask::tick() {
   if (state_ != State::Running) return;
   stall_check();
   if (state_ != State::Running) return;
-  if (e_.scheduler().configured()) {
+  if (e_.scheduler().configured() && !conflict_) {
     maybe_announce();
     maybe_query();
   } else {
@@ -170,8 +170,12 @@ void PeerTask::maybe_announce() {
     if (from_origin_.test(i)) a.hashes[i] = hashes_[i];
   announce_dirty_ = false;
   announce_id_ =
-      e_.scheduler().call(id_, "/v1/announce", encode(a), [this](int status, const std::string&, int) {
+      e_.scheduler().call(id_, "/v1/announce", encode(a), [this](int status, const std::string& body, int) {
         announce_id_ = 0;
+        if (status == 409) {
+          conflict(body);
+          return;
+        }
         if (status != 200) {
           // Retried from the timer, not at once: a scheduler that is down must
           // not turn this into a busy loop.
@@ -223,6 +227,10 @@ void PeerTask::on_parents(int status, const std::string& body, int sched) {
     schedule();
     return;
   }
+  if (status == 409) {
+    conflict(body);
+    return;
+  }
   ParentsResp resp;
   std::string err;
   if (status != 200 || !decode(body, n_, &resp, &err)) {
@@ -263,6 +271,21 @@ void PeerTask::on_parents(int status, const std::string& body, int sched) {
   next_query_ms_ = now + (resp.retry_ms ? std::min<uint64_t>(resp.retry_ms, next) : next);
 }
 
+// The scheduler knows the task with another length than the origin told us
+// (the object changed, or a peer lies): no parent of that swarm can help,
+// and waiting would leave the client hanging. The origin gives the rest.
+void PeerTask::conflict(const std::string& body) {
+  if (state_ != State::Running || conflict_) return;
+  obs::log_warn("the scheduler knows this task with another length; fetching from the origin")
+      .str("peer", e_.options().peer_id)
+      .str("task", id_)
+      .num("size", static_cast<int64_t>(length_))
+      .str("error", body.substr(0, 200));
+  pm().fallback.inc();
+  conflict_ = fallback_ = warned_fallback_ = true;
+  schedule();
+}
+
 bool PeerTask::usable(const ParentInfo& p, uint32_t piece, uint64_t now) const {
   return !p.banned && p.avoid_until <= now && p.inflight < kPerParent && p.pieces.test(piece);
 }
@@ -295,15 +318,17 @@ void PeerTask::schedule() {
       if (wanted(i)) from_origin.push_back(i);
     // A piece whose every holder this peer gave up on (a parent killed in
     // mid-piece refuses connections from then on) would wait until the
-    // scheduler forgets that parent (its peerTimeout): fetch it from the
-    // origin instead, as without a scheduler.
+    // scheduler forgets that parent (its peerTimeout), and one whose every
+    // holder stalled would wait out the 30 s of avoidance with the client
+    // getting nothing: fetch it from the origin instead, as without a
+    // scheduler.
     for (uint32_t i = 0; i < n_; ++i) {
       if (!wanted(i) || assigned_.count(i)) continue;
       bool held = false, alive = false;
       for (auto& kv : parents_) {
         if (!kv.second.pieces.test(i)) continue;
         held = true;
-        alive = alive || !kv.second.banned;
+        alive = alive || !(kv.second.banned || (kv.second.stalled && kv.second.avoid_until > now));
       }
       if (held && !alive) from_origin.push_back(i);
     }
@@ -430,6 +455,7 @@ void PeerTask::on_parent_done(uint64_t fid, CallResult& r) {
   }
   if (r.error == 0 && r.status == 503) {
     p.avoid_until = now + kAvoidBusyMs;  // busy, not broken
+    p.stalled = false;
   } else {
     std::string why = r.error ? r.why : "HTTP " + std::to_string(r.status);
     if (r.error == 0 && r.status == 403) p.pieces.clear(f.piece);  // it does not hold it (any more)
@@ -796,6 +822,7 @@ void PeerTask::stall_check() {
     } else {
       ParentInfo& p = parents_[f.parent];
       p.avoid_until = now + kAvoidStallMs;
+      p.stalled = true;
       p.errors++;
       report(f.parent, f.piece, ResultReq::Outcome::Stall);
     }
@@ -809,6 +836,7 @@ void PeerTask::report(const std::string& parent, uint32_t piece, ResultReq::Outc
   r.peer = e_.options().peer_id;
   r.task = id_;
   r.parent = parent;
+  r.piece_size = psize_;
   r.piece = piece;
   r.outcome = o;
   r.bytes = bytes;

@@ -67,6 +67,7 @@ class PeerTask {
     int inflight = 0;
     int errors = 0;
     uint64_t avoid_until = 0;
+    bool stalled = false;  // avoid_until is a stall's (30 s), not a 503's
     bool banned = false;
   };
 
@@ -74,6 +75,7 @@ class PeerTask {
   void maybe_announce();
   void maybe_query();
   void on_parents(int status, const std::string& body, int sched);
+  void conflict(const std::string& body);
   void schedule();
   int fetch_limit() const;
   bool usable(const ParentInfo& p, uint32_t piece, uint64_t now) const;
@@ -120,6 +122,7 @@ class PeerTask {
   std::map<uint32_t, int> origin_tries_;
   int origin_inflight_ = 0, parent_inflight_ = 0;
   bool fallback_ = false, warned_fallback_ = false;
+  bool conflict_ = false;  // the scheduler's swarm has another length: origin only
   int last_sched_ = -2;
   uint64_t query_id_ = 0, announce_id_ = 0;
   bool announce_dirty_ = false;

@@ -255,6 +255,11 @@ bool get_u32(const cJSON* o, const char* name, uint32_t* out, std::string* err) 
   return true;
 }
 
+// A field senders of an older version leave out: *out stays as it was.
+bool get_u32_opt(const cJSON* o, const char* name, uint32_t* out, std::string* err) {
+  return field(o, name) == nullptr || get_u32(o, name, out, err);
+}
+
 bool get_bool(const cJSON* o, const char* name, bool* out, std::string* err) {
   const cJSON* j = field(o, name);
   if (j == nullptr) return fail(err, name, "missing");
@@ -566,6 +571,7 @@ std::string encode(const ParentsResp& m) {
 std::string encode(const ResultReq& m) {
   Writer w(200 + m.peer.size() + m.parent.size());
   w.str("peer", m.peer).str("task", m.task).str("parent", m.parent).num("piece", m.piece);
+  if (m.piece_size != 0) w.num("piece_size", m.piece_size);
   return w.str("outcome", to_string(m.outcome)).num("bytes", m.bytes).num("ms", m.ms).finish();
 }
 
@@ -698,7 +704,7 @@ bool decode(const std::string& body, ResultReq* out, std::string* err) {
   if (!get_peer(o, "peer", &m.peer, err) || !get_task(o, "task", &m.task, err) ||
       !get_string(o, "parent", &m.parent, err) || !get_u32(o, "piece", &m.piece, err) ||
       !get_string(o, "outcome", &outcome, err) || !get_u64(o, "bytes", &m.bytes, err) ||
-      !get_u32(o, "ms", &m.ms, err)) {
+      !get_u32(o, "ms", &m.ms, err) || !get_u32_opt(o, "piece_size", &m.piece_size, err)) {
     return false;
   }
   if (m.piece >= kMaxPieces) return fail(err, "piece", "expected an integer below 1048576");

@@ -14,7 +14,7 @@
 //    |  response written, keep-alive                            |
 //    +----------------------------------------------------------+
 //
-// Send moves the piece in 256 KiB steps, one at a time: take tokens from the
+// Send moves the piece in steps (Server::chunk) one at a time: take tokens from the
 // server's bucket (waiting in a FIFO on the server's timer when it is
 // empty), read the step with uv_fs_read at ref.offset + sent, write it with
 // uv_write. Only one read or write is in flight per connection, so memory
@@ -58,6 +58,7 @@ namespace shoal::p2p {
 namespace {
 
 constexpr uint32_t kChunk = 1024 * 1024;  // one thread-pool read per MiB sent
+constexpr uint32_t kMinChunk = 64 * 1024;
 constexpr size_t kReadBufferSize = 64 * 1024;
 constexpr size_t kMaxPipelined = 64 * 1024;
 constexpr size_t kMaxHeaderBytes = 16 * 1024;
@@ -117,7 +118,13 @@ struct Conn;
 struct Server {
   Server(uv_loop_t* l, PieceSource* s, Verifier* v, UploadServer::Options o)
       : loop(l), source(s), verifier(v), opts(o) {
-    burst = std::max<double>(kChunk, static_cast<double>(opts.rate) / 10.0);
+    // Under a rate limit a step is at most 1/16 s of it: a connection
+    // waiting for a whole MiB's tokens would get nothing for a second at
+    // 1 MiB/s, and its peer would take the parent for a stalled one.
+    if (opts.rate > 0)
+      chunk =
+          static_cast<uint32_t>(std::clamp<uint64_t>(opts.rate / 16, kMinChunk, kChunk)) & ~(kMinChunk - 1);
+    burst = std::max<double>(chunk, static_cast<double>(opts.rate) / 10.0);
     tokens = burst;
     last_refill_ns = uv_hrtime();
     uv_timer_init(loop, &rate_timer);
@@ -148,6 +155,7 @@ struct Server {
   Conn* conns = nullptr;  // intrusive list
   uint32_t busy = 0;
 
+  uint32_t chunk = kChunk;  // bytes per step
   double burst = 0, tokens = 0;
   uint64_t last_refill_ns = 0;
   uv_timer_t rate_timer{};
@@ -528,7 +536,7 @@ void Conn::pump() {
   if (state != State::Send || fs_pending || writing || waiting_tokens) return;
   if (sent >= ref.length) return piece_done();
   uint64_t left = ref.length - sent;
-  uint32_t n = left < kChunk ? static_cast<uint32_t>(left) : kChunk;
+  uint32_t n = left < srv->chunk ? static_cast<uint32_t>(left) : srv->chunk;
   if (has_tokens) {
     has_tokens = false;  // granted by the server's timer for this very step
   } else if (!srv->take_tokens(this, n)) {

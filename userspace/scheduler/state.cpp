@@ -8,7 +8,10 @@
 //   hot_        per peer slot, what a parents query reads of every holder
 //               (last_seen, free slots, results, rack), packed apart from
 //               the strings so that a scan touches little memory.
-//   tasks_      slab of Task; task_ids_ maps the task id to its slot. A task
+//   tasks_      slab of Task; task_ids_ maps the swarm key (task id and
+//               piece size: peers that cut a task into pieces of another
+//               size, such as those of an older version, form a swarm of
+//               their own instead of being refused) to its slot. A task
 //               keeps its holder list (holders: peer slots; hbits: their
 //               bitmaps back to back, `words` words each; pos: peer slot ->
 //               index; removal swaps the last one in), a holder count per
@@ -194,7 +197,10 @@ struct State::Impl {
   uint32_t lru_head = kNone, lru_tail = kNone;
   std::vector<Task> tasks;
   std::vector<uint32_t> free_tasks;
-  std::unordered_map<std::string, uint32_t> task_ids;
+  std::unordered_map<std::string, uint32_t> task_ids;  // swarm_key() ->
+  // Task id -> the swarm made last, for results of peers that do not name
+  // the piece size.
+  std::unordered_map<std::string, uint32_t> latest;
   std::deque<std::pair<int64_t, uint32_t>> idle_tasks;
   Counters c;
   std::vector<Candidate> cand;   // scratch, reused by parents()
@@ -220,8 +226,16 @@ struct State::Impl {
     auto it = peer_ids.find(id);
     return it == peer_ids.end() ? kNone : it->second;
   }
-  uint32_t find_task(const std::string& id) const {
-    auto it = task_ids.find(id);
+  static std::string swarm_key(const std::string& id, uint32_t piece_size) {
+    return id + '/' + std::to_string(piece_size);
+  }
+  // piece_size 0: the task's latest swarm.
+  uint32_t find_task(const std::string& id, uint32_t piece_size) const {
+    if (piece_size == 0) {
+      auto it = latest.find(id);
+      return it == latest.end() ? kNone : it->second;
+    }
+    auto it = task_ids.find(swarm_key(id, piece_size));
     return it == task_ids.end() ? kNone : it->second;
   }
   bool live(uint32_t p, int64_t now) const { return now - hot[p].last_seen < opts.peer_timeout_ms; }
@@ -258,12 +272,13 @@ struct State::Impl {
     }
   }
 
-  // Finds or creates the task; 409 when it exists with another shape.
+  // Finds or creates the task's swarm for this piece size; 409 when it
+  // exists with another length.
   int get_task(const std::string& id, uint64_t length, uint32_t piece_size, uint32_t* out, std::string* err) {
-    uint32_t t = find_task(id);
+    uint32_t t = find_task(id, piece_size);
     if (t != kNone) {
       const Task& x = tasks[t];
-      if (x.length != length || x.piece_size != piece_size) {
+      if (x.length != length) {
         *err = "task " + id + " is known with length " + std::to_string(x.length) + " and piece_size " +
                std::to_string(x.piece_size);
         return 409;
@@ -293,13 +308,16 @@ struct State::Impl {
     x.words = static_cast<uint32_t>(x.known.w.size());
     x.count.assign(n, 0);
     x.empty_since = -1;
-    task_ids.emplace(id, t);
+    task_ids.emplace(swarm_key(id, piece_size), t);
+    latest[id] = t;
     *out = t;
     return 200;
   }
 
   void free_task(uint32_t t) {
-    task_ids.erase(tasks[t].id);
+    task_ids.erase(swarm_key(tasks[t].id, tasks[t].piece_size));
+    auto it = latest.find(tasks[t].id);
+    if (it != latest.end() && it->second == t) latest.erase(it);
     tasks[t] = Task();
     free_tasks.push_back(t);
   }
@@ -761,7 +779,7 @@ int State::result(const p2p::ResultReq& req, int64_t now_ms, std::string* err) {
     return 404;
   }
   s.touch(p, now_ms);
-  uint32_t t = s.find_task(req.task);
+  uint32_t t = s.find_task(req.task, req.piece_size);
   uint32_t parent = req.parent.empty() ? kNone : s.find_peer(req.parent);
   if (t != kNone && req.piece >= s.tasks[t].pieces) {
     ++s.c.errors;
@@ -842,7 +860,7 @@ Counters State::counters() const {
 }
 
 uint32_t State::live_assignments_for_test(const std::string& task, int64_t now_ms) const {
-  uint32_t t = impl_->find_task(task);
+  uint32_t t = impl_->find_task(task, 0);
   if (t == kNone) return 0;
   uint32_t n = 0;
   for (const Assign& a : impl_->tasks[t].assigns)
@@ -850,6 +868,6 @@ uint32_t State::live_assignments_for_test(const std::string& task, int64_t now_m
   return n;
 }
 
-bool State::has_task_for_test(const std::string& task) const { return impl_->find_task(task) != kNone; }
+bool State::has_task_for_test(const std::string& task) const { return impl_->find_task(task, 0) != kNone; }
 
 }  // namespace shoal::scheduler

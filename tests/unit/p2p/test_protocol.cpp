@@ -310,7 +310,9 @@ void test_round_trip_result(void**) {
     m.outcome = o;
     m.bytes = (uint64_t{1} << 53) - 1;
     m.ms = 4294967295u;
+    m.piece_size = 1u << 20;
     ResultReq d = decoded<ResultReq>(encode(m));
+    assert_int_equal(d.piece_size, 1u << 20);
     assert_string_equal(d.peer.c_str(), "peer-a");
     assert_string_equal(d.task.c_str(), kTask.c_str());
     assert_string_equal(d.parent.c_str(), m.parent.c_str());
@@ -573,6 +575,11 @@ void test_refuse_result(void**) {
   refused_with<ResultReq>(body, "bytes", "9007199254740992");
   refused_with<ResultReq>(body, "bytes", "-1");
   refused_with<ResultReq>(body, "ms", "4294967296");
+  // piece_size is optional (peers of protocol version 1 before it did not
+  // send it): absent decodes as 0, present must be a number.
+  assert_int_equal(decoded<ResultReq>(with(body, "piece_size", nullptr)).piece_size, 0);
+  refused_with<ResultReq>(body, "piece_size", "\"big\"");
+  refused_with<ResultReq>(body, "piece_size", "-1");
   const std::string origin = with(body, "outcome", "\"origin-failed\"");
   decoded<ResultReq>(with(origin, "parent", "\"\""));
   decoded<ResultReq>(origin);  // an origin failure may still name a peer

@@ -424,8 +424,8 @@ void test_rate_limit(void**) {
   assert_int_equal(r.status, 200);
   assert_true(r.body == expected_piece(0));
   std::printf("  4 MiB at 8 MiB/s took %.3f s\n", seconds);
-  // The bucket starts full with one 1 MiB chunk's worth: the other 3 MiB
-  // wait for tokens (0.375 s).
+  // The bucket starts full with a tenth of a second's worth (0.8 MiB): the
+  // other 3.2 MiB wait for tokens (0.4 s).
   assert_true(seconds >= 0.36);
   assert_true(seconds < 3.0);
 }
@@ -457,6 +457,48 @@ void test_rate_limit_shared(void**) {
   assert_true(r2.body == expected_piece(1));
   std::printf("  2 x 4 MiB at 16 MiB/s took %.3f s\n", seconds);
   assert_true(seconds >= 0.36);
+}
+
+// Under a slow limit the steps are small: two pieces at 1 MiB/s both start
+// flowing at once. Whole-MiB steps made the second connection wait a second
+// for its first byte, and its peer dropped the parent as stalled.
+void test_rate_limit_small_steps(void**) {
+  Harness h({16, 1u << 20});
+  double first[2] = {0, 0};
+  bool ok[2] = {false, false};
+  h.run([&] {
+    auto t0 = std::chrono::steady_clock::now();
+    int fds[2];
+    for (int i = 0; i < 2; ++i) {
+      fds[i] = dial(h.port);
+      ok[i] = fds[i] >= 0 && send_all(fds[i], signed_request(piece_path(static_cast<uint32_t>(i))));
+    }
+    // Each connection: the head and 32 KiB of body, then close.
+    std::vector<std::thread> readers;
+    for (int i = 0; i < 2; ++i)
+      readers.emplace_back([&, i] {
+        std::string got;
+        char buf[16384];
+        size_t end = std::string::npos;
+        while (ok[i]) {
+          ssize_t n = ::recv(fds[i], buf, sizeof buf, 0);
+          if (n <= 0) {
+            ok[i] = false;
+            break;
+          }
+          got.append(buf, static_cast<size_t>(n));
+          if (end == std::string::npos) end = got.find("\r\n\r\n");
+          if (end != std::string::npos && got.size() >= end + 4 + (32u << 10)) break;
+        }
+        first[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        ::close(fds[i]);
+      });
+    for (auto& t : readers) t.join();
+  });
+  assert_true(ok[0] && ok[1]);
+  std::printf("  32 KiB of each of two pieces at 1 MiB/s: %.3f s and %.3f s\n", first[0], first[1]);
+  assert_true(first[0] < 0.5);
+  assert_true(first[1] < 0.5);
 }
 
 // A client that goes away mid-piece: the piece is released once, the slot
@@ -708,6 +750,7 @@ int run_upload_server_tests() {
       cmocka_unit_test(test_busy),
       cmocka_unit_test(test_rate_limit),
       cmocka_unit_test(test_rate_limit_shared),
+      cmocka_unit_test(test_rate_limit_small_steps),
       cmocka_unit_test(test_client_disconnect),
       cmocka_unit_test(test_close_in_flight),
       cmocka_unit_test(test_disconnect_during_read),

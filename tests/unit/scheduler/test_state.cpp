@@ -89,11 +89,12 @@ int parents(State& s, const std::string& peer, uint32_t n, p2p::Bitmap have, boo
 }
 
 int result(State& s, const std::string& peer, const std::string& parent, uint32_t piece,
-           p2p::ResultReq::Outcome o, int64_t now) {
+           p2p::ResultReq::Outcome o, int64_t now, uint32_t piece_size = 0) {
   p2p::ResultReq r;
   r.peer = peer;
   r.task = kTask;
   r.parent = parent;
+  r.piece_size = piece_size;
   r.piece = piece;
   r.outcome = o;
   std::string err;
@@ -184,9 +185,10 @@ void test_unknown_peer_and_conflict(void**) {
   assert_int_equal(reg(s, "p1", 0), 200);
   assert_int_equal(announce(s, "p1", 4, p2p::Bitmap(4), {}, 0), 200);
   assert_true(s.has_task_for_test(kTask));
-  // Same task id, other geometry: 409 for announce and parents alike.
+  // Same task id and piece size, another length: 409 for announce and
+  // parents alike.
   assert_int_equal(announce(s, "p1", 8, p2p::Bitmap(8), {}, 0), 409);
-  assert_int_equal(parents(s, "p1", 4, p2p::Bitmap(4), false, 0, &pr, {}, 8, kPiece / 2), 409);
+  assert_int_equal(parents(s, "p1", 8, p2p::Bitmap(8), false, 0, &pr), 409);
   // A bitmap that does not fit the task: 400.
   p2p::AnnounceReq a;
   a.peer = "p1";
@@ -417,6 +419,40 @@ void test_origin_slot_grace(void**) {
   announce(s, "b", 10, bits(10, {2}), hashes_for({2}), 500);
   parents(s, "c", 10, p2p::Bitmap(10), true, 500, &r);
   assert_true(r.origin == std::vector<uint32_t>({4}));
+}
+
+// Peers that cut one task into pieces of different sizes (a cluster half
+// upgraded) form two swarms: neither is refused, and neither is offered the
+// other's holders, whose piece numbers mean other bytes.
+void test_piece_size_swarms(void**) {
+  State s;
+  const uint32_t small = kPiece / 4;
+  for (auto p : {"old1", "old2", "new1", "new2"}) reg(s, p, 0);
+  assert_int_equal(announce(s, "old1", 4, all_bits(4), hashes_for({0, 1, 2, 3}), 0), 200);
+  p2p::ParentsResp r;
+  assert_int_equal(parents(s, "new1", 16, p2p::Bitmap(16), true, 0, &r, {}, 8, small), 200);
+  assert_true(r.parents.empty());
+  assert_false(r.origin.empty());  // nobody of its swarm holds anything
+  const uint32_t mine = r.origin[0];
+  assert_int_equal(parents(s, "old2", 4, p2p::Bitmap(4), true, 0, &r), 200);
+  assert_true(has_parent(r, "old1"));
+  assert_true(r.origin.empty());  // old1 holds every piece of this swarm
+  assert_int_equal(s.counters().tasks, 2);
+  // new1 lands its piece: new2 gets it as a parent, old1 stays out of it.
+  assert_int_equal(announce(s, "new1", 16, bits(16, {mine}), hashes_for({mine}), 100, false, kTask, small),
+                   200);
+  assert_int_equal(parents(s, "new2", 16, p2p::Bitmap(16), false, 100, &r, {}, 8, small), 200);
+  assert_true(has_parent(r, "new1"));
+  assert_false(has_parent(r, "old1"));
+  // A result names its swarm by the piece size: an origin failure in the
+  // small swarm drops new1's assignment there and nowhere else.
+  assert_int_equal(parents(s, "new1", 16, bits(16, {mine}), true, 200, &r, {}, 8, small), 200);
+  const uint32_t live = s.live_assignments_for_test(kTask, 200);
+  assert_true(live >= 1);
+  assert_int_equal(live, r.origin.size());
+  assert_int_equal(result(s, "new1", "", r.origin[0], p2p::ResultReq::Outcome::OriginFailed, 200, small),
+                   200);
+  assert_int_equal(s.live_assignments_for_test(kTask, 200), live - 1);
 }
 
 void test_assignment_deadline(void**) {
@@ -766,6 +802,7 @@ int run_state_tests() {
       cmocka_unit_test(test_origin_assignment_spreads),
       cmocka_unit_test(test_origin_concurrency_option),
       cmocka_unit_test(test_origin_slot_grace),
+      cmocka_unit_test(test_piece_size_swarms),
       cmocka_unit_test(test_assignment_deadline),
       cmocka_unit_test(test_peer_and_task_expiry),
       cmocka_unit_test(test_hash_acceptance),
