@@ -8,10 +8,10 @@
 //   hot_        per peer slot, what a parents query reads of every holder
 //               (last_seen, free slots, results, rack), packed apart from
 //               the strings so that a scan touches little memory.
-//   tasks_      slab of Task; task_ids_ maps the swarm key (task id and
-//               piece size: peers that cut a task into pieces of another
-//               size, such as those of an older version, form a swarm of
-//               their own instead of being refused) to its slot. A task
+//   tasks_      slab of Task, one per swarm; task_ids_ maps the task id to
+//               its swarms' slots, one per piece size (peers that cut a
+//               task another way, such as those of an older version, form
+//               a swarm of their own instead of being refused). A task
 //               keeps its holder list (holders: peer slots; hbits: their
 //               bitmaps back to back, `words` words each; pos: peer slot ->
 //               index; removal swaps the last one in), a holder count per
@@ -197,10 +197,9 @@ struct State::Impl {
   uint32_t lru_head = kNone, lru_tail = kNone;
   std::vector<Task> tasks;
   std::vector<uint32_t> free_tasks;
-  std::unordered_map<std::string, uint32_t> task_ids;  // swarm_key() ->
-  // Task id -> the swarm made last, for results of peers that do not name
-  // the piece size.
-  std::unordered_map<std::string, uint32_t> latest;
+  // Task id -> its swarms' slots, oldest first (almost always one).
+  std::unordered_map<std::string, std::vector<uint32_t>> task_ids;
+  size_t swarms = 0;
   std::deque<std::pair<int64_t, uint32_t>> idle_tasks;
   Counters c;
   std::vector<Candidate> cand;   // scratch, reused by parents()
@@ -226,17 +225,14 @@ struct State::Impl {
     auto it = peer_ids.find(id);
     return it == peer_ids.end() ? kNone : it->second;
   }
-  static std::string swarm_key(const std::string& id, uint32_t piece_size) {
-    return id + '/' + std::to_string(piece_size);
-  }
   // piece_size 0: the task's latest swarm.
   uint32_t find_task(const std::string& id, uint32_t piece_size) const {
-    if (piece_size == 0) {
-      auto it = latest.find(id);
-      return it == latest.end() ? kNone : it->second;
-    }
-    auto it = task_ids.find(swarm_key(id, piece_size));
-    return it == task_ids.end() ? kNone : it->second;
+    auto it = task_ids.find(id);
+    if (it == task_ids.end()) return kNone;
+    if (piece_size == 0) return it->second.back();
+    for (uint32_t t : it->second)
+      if (tasks[t].piece_size == piece_size) return t;
+    return kNone;
   }
   bool live(uint32_t p, int64_t now) const { return now - hot[p].last_seen < opts.peer_timeout_ms; }
 
@@ -308,16 +304,20 @@ struct State::Impl {
     x.words = static_cast<uint32_t>(x.known.w.size());
     x.count.assign(n, 0);
     x.empty_since = -1;
-    task_ids.emplace(swarm_key(id, piece_size), t);
-    latest[id] = t;
+    task_ids[id].push_back(t);
+    ++swarms;
     *out = t;
     return 200;
   }
 
   void free_task(uint32_t t) {
-    task_ids.erase(swarm_key(tasks[t].id, tasks[t].piece_size));
-    auto it = latest.find(tasks[t].id);
-    if (it != latest.end() && it->second == t) latest.erase(it);
+    auto it = task_ids.find(tasks[t].id);
+    if (it != task_ids.end()) {
+      auto& v = it->second;
+      v.erase(std::remove(v.begin(), v.end(), t), v.end());
+      if (v.empty()) task_ids.erase(it);
+      --swarms;
+    }
     tasks[t] = Task();
     free_tasks.push_back(t);
   }
@@ -852,9 +852,10 @@ void State::expire(int64_t now_ms) {
 Counters State::counters() const {
   Counters c = impl_->c;
   c.peers = impl_->peer_ids.size();
-  c.tasks = impl_->task_ids.size();
+  c.tasks = impl_->swarms;
   uint64_t a = 0;
-  for (const auto& [id, t] : impl_->task_ids) a += impl_->tasks[t].assigns.size();
+  for (const auto& [id, ts] : impl_->task_ids)
+    for (uint32_t t : ts) a += impl_->tasks[t].assigns.size();
   c.assignments = a;
   return c;
 }
