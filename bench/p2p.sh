@@ -32,7 +32,7 @@
 #
 # Results: stdout and $BUILD/bench/p2p-results.txt, p2p-results.md,
 # p2p-raw.txt (every measurement), p2p.png (gnuplot: time against N),
-# logs in $BUILD/bench/p2p-logs/. Takes about 10 minutes at the defaults
+# logs (core.log and the final /metrics of every peer) in $BUILD/bench/p2p-logs/. Takes about 10 minutes at the defaults
 # (direct and central each move N_max·F through one 80 Mbit/s uplink:
 # ~215 s apiece). Without P2P options in shoald (--scheduler), the Shoal
 # rows are reported as not run and the baselines still run.
@@ -262,6 +262,10 @@ if [ "$P2P" = 1 ]; then
     echo "run system=shoal n=$n clients=$n ok=$OK t_first=$T_FIRST t_median=$T_MED t_last=$T_LAST" \
       "origin_bytes=$obytes cpu_s=$cpu busy_pct=$busy daemons_alive=$alive/${#DAEMONS[@]}" >>"$RAW"
     say "  ok $OK/$n, T_last $T_LAST s, origin sent $obytes bytes, shoald CPU $cpu s, machine $busy % busy"
+    # Every peer's counters (503s, stalls, pieces by source) for the logs.
+    for ((i = 1; i <= n; i++)); do
+      nl_exec "p$i" curl -s --max-time 2 http://127.0.0.1:65004/metrics >"$W/$tag-p$i/log/metrics.txt" 2>/dev/null || true
+    done
     for p in "${DAEMONS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${DAEMONS[@]}"; do nl_stop "$p" TERM 10; done
   done
