@@ -2,7 +2,7 @@
 # Faults on the P2P path, on one machine (loopback): a scheduler and shoalds
 # side by side (as in t_p2p_local.sh), blobs from
 # tests/fixtures/fault_origin.py (plain HTTP, Range requests per piece;
-# pieces are 1 MiB):
+# pieces are 2 MiB):
 #   a. the origin resets in mid-piece: the piece is asked for again with the
 #      same Range, the client gets 200 and every byte;
 #      it stalls in mid-piece (p2p.stallTime 1s): the piece is cancelled
@@ -14,7 +14,7 @@
 #   c. the origin's certificate comes from a CA outside tls.trustStore
 #      (a hijacked blob host): 502 and a log line naming the verification;
 #   d. a parent peer is killed (SIGKILL) in mid-piece: two seeds hold the
-#      blob (4 MiB: four pieces), uploads limited to 1 MiB/s so a piece
+#      blob (8 MiB: four pieces), uploads limited to 1 MiB/s so a piece
 #      takes a second or two;
 #      the downloader logs the failed piece fetch from the killed parent
 #      with 0 < bytes < piece_bytes, fetches the piece from the other seed
@@ -170,7 +170,7 @@ ranges() {
 }
 tmp_empty() { [ -z "$(find "$1/tmp" -mindepth 1 2>/dev/null)" ]; }
 stored() { find "$1/tasks" -path "*/$2/data" 2>/dev/null | wc -l; }
-P=$((1 << 20)) # the piece size of every blob here (task::piece_size_for)
+P=$((2 << 20)) # the piece size of every blob here (task::piece_size_for)
 
 start_peer A "$config"
 
@@ -258,7 +258,7 @@ pull_kill() {
 }
 
 info "d. a parent killed in mid-piece: the downloader switches to the other parent"
-d=$((4 << 20))
+d=$((8 << 20))
 blob "$d"
 dhex=$HEX
 seed S1 "$URL" "$d"

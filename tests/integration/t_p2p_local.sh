@@ -2,7 +2,7 @@
 # P2P on one machine (loopback): a scheduler and two shoalds side by side,
 # each with its own proxy, peer, metrics and admin addresses, against the
 # real registry fixture (which redirects blobs to its blob store).
-#   - peer A pulls the ~8 MiB layer (1 MiB pieces): its client gets the
+#   - peer A pulls the ~8 MiB layer (2 MiB pieces): its client gets the
 #     right bytes; A fetched every piece from the origin with Range requests
 #     carrying no registry token at the blob store; "peer task done" says
 #     bytes_origin = size;
@@ -129,7 +129,7 @@ a_store=$(store_bytes "$store_mark")
 [ "$a_store" -ge "$size" ] || fail "blob store sent $a_store bytes for peer A's pull, want >= $size"
 ranges=$(log_since "$SHOAL_TEST_BLOBS_LOG" "$store_mark" |
   jq -R --arg h "$hex" 'fromjson? | select(.method == "GET" and (.uri | contains($h))) | .status' | grep -c '^206$' || true)
-pieces=$(((size + (1 << 20) - 1) >> 20))
+pieces=$(((size + (2 << 20) - 1) >> 21))
 [ "$ranges" -ge "$pieces" ] || fail "blob store answered $ranges Range requests (206), want one per piece ($pieces)"
 assert_eq "$(log_since "$SHOAL_TEST_BLOBS_LOG" "$store_mark" | jq -s '[.[] | select(.auth == "yes")] | length')" 0 \
   "blob-store requests carrying the registry token"
@@ -242,9 +242,9 @@ def post(path, body):
         "Content-Type": "application/json", "X-Shoal-Protocol": "1", "X-Shoal-Time": ts,
         "X-Shoal-Nonce": nonce, "X-Shoal-Signature": hmac.new(secret, msg, hashlib.sha256).hexdigest()})
     return urllib.request.urlopen(req, timeout=10).status
-pieces = (size + (1 << 20) - 1) >> 20
+pieces = (size + (2 << 20) - 1) >> 21
 assert post("/v1/register", {"v": 1, "peer": "liar", "addr": "127.0.0.1:9", "labels": {}, "slots": 1}) == 200
-assert post("/v1/announce", {"v": 1, "peer": "liar", "task": task, "length": size, "piece_size": 1 << 20,
+assert post("/v1/announce", {"v": 1, "peer": "liar", "task": task, "length": size, "piece_size": 2 << 20,
                              "have": "00" * ((pieces + 7) // 8), "hashes": {}, "complete": False}) == 200
 PY
 small_url=$SHOAL_TEST_REGISTRY_URL/v2/$SHOAL_TEST_HELLO_REPO/blobs/$small

@@ -118,7 +118,7 @@ struct ResultReq {
   enum class Outcome { Ok, BadPiece, Stall, Error, OriginFailed };
   std::string peer, task, parent;  // parent empty for OriginFailed
   // Names the swarm with the task id (0: not sent; peers before the piece
-  // size went down to 1 MiB sent none).
+  // size went down to 2 MiB sent none).
   uint32_t piece_size = 0;
   uint32_t piece = 0;
   Outcome outcome = Outcome::Ok;

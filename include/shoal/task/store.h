@@ -34,11 +34,13 @@ namespace shoal::task {
 
 // Pieces are what peers pass on, each only once verified, so a blob's last
 // pieces reach the whole swarm one piece-time per hop after the origin
-// sends them. 1 MiB (4 MiB before; Dragonfly's own minimum) cut
-// bench/p2p.sh's 128 MiB blob to 8 peers from ~1.29 to ~1.2 T*; large blobs
-// still get ~500 pieces. Peers that cut a task another way form their own
-// swarm at the scheduler (scheduler/state.cpp).
-constexpr uint32_t kMinPieceSize = 1u << 20;
+// sends them. 2 MiB (4 MiB before, Dragonfly's own minimum) brought
+// bench/p2p.sh's 128 MiB blob to 8 peers from 1.27-1.31 to 1.23-1.27 T*;
+// 1 MiB did as well there but cost a fifth more CPU per byte, which 16
+// peers on one 2-core VM felt. Blobs over 1 GiB still get ~500 pieces.
+// Peers that cut a task another way form their own swarm at the scheduler
+// (scheduler/state.cpp).
+constexpr uint32_t kMinPieceSize = 2u << 20;
 constexpr uint32_t kMaxPieceSize = 64u << 20;
 constexpr int kStoreVersion = 1;
 

@@ -201,11 +201,11 @@ void test_piece_helpers(void**) {
   using shoal::task::piece_count;
   using shoal::task::piece_size_for;
   const uint64_t MiB = 1u << 20;
-  assert_int_equal(piece_size_for(0), 1 * MiB);
-  assert_int_equal(piece_size_for(1), 1 * MiB);
-  assert_int_equal(piece_size_for(128 * MiB), 1 * MiB);
-  assert_int_equal(piece_size_for(500 * 1 * MiB), 1 * MiB);
-  assert_int_equal(piece_size_for(500 * 1 * MiB + 1), 2 * MiB);
+  assert_int_equal(piece_size_for(0), 2 * MiB);
+  assert_int_equal(piece_size_for(1), 2 * MiB);
+  assert_int_equal(piece_size_for(128 * MiB), 2 * MiB);
+  assert_int_equal(piece_size_for(500 * 2 * MiB), 2 * MiB);
+  assert_int_equal(piece_size_for(500 * 2 * MiB + 1), 4 * MiB);
   assert_int_equal(piece_size_for(500 * 4 * MiB), 4 * MiB);
   assert_int_equal(piece_size_for(500 * 4 * MiB + 1), 8 * MiB);
   assert_int_equal(piece_size_for(500 * 32 * MiB), 32 * MiB);
