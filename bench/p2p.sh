@@ -41,7 +41,8 @@
 # BENCH_P2P_NS="4 8 16", BENCH_P2P_BASELINES=1 (0: skip direct and central),
 # BENCH_P2P_IDLE_WAIT=60 (seconds, in all, spent waiting for an idle machine
 # before the Shoal runs), BENCH_KEEP_TMP=1 (keep the scratch directory),
-# BENCH_P2P_LOG_LEVEL=info (debug: a line per piece in the peers' core.log).
+# BENCH_P2P_LOG_LEVEL=info (debug: a line per piece in the peers' core.log),
+# BENCH_P2P_TLS=0 (1: p2p.tls on every peer, piece links over TLS).
 set -euo pipefail
 
 BENCH_TAG=p2p
@@ -115,7 +116,7 @@ say "origin -> p1 runs at $U_EFF Mbit/s (TBF at $RATE)"
   echo "info kernel=$(uname -r)"
   echo "info shoald=$("$SHOALD_BIN" --version 2>&1 | head -n 1 | tr ' ' '_') shoald_dirty=$dirty shoal_p2p=$P2P"
   echo "info registry=$(docker-registry --version | awk '{ print $NF }') curl=$(curl -V | awk 'NR == 1 { print $2 }')"
-  echo "info f_bytes=$F rate_bps=$RATE_BPS u_eff_mbit=$U_EFF ns=${NS_LIST// /,} nmax=$NMAX"
+  echo "info f_bytes=$F rate_bps=$RATE_BPS u_eff_mbit=$U_EFF ns=${NS_LIST// /,} nmax=$NMAX peer_tls=${BENCH_P2P_TLS:-0}"
 } >>"$RAW"
 
 # --- shoald peers and scheduler ---------------------------------------------------------
@@ -139,6 +140,9 @@ tls:
   trustStore: $ORIGIN_CA
 logLevel: ${BENCH_P2P_LOG_LEVEL:-info}
 EOF
+if [ "${BENCH_P2P_TLS:-0}" = 1 ]; then
+  printf 'p2p:\n  tls: true\n' >>"$CONFIG"
+fi
 
 # shoal_start TAG N: the scheduler and shoald on p1..pN, files in
 # $W/TAG-sched and $W/TAG-pI; sets DAEMONS (their PIDs).

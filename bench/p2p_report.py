@@ -105,6 +105,7 @@ def main():
         f"{info.get('u_eff_mbit', '?')} Mbit/s of payload), downloads unlimited (the F/d term of T* drops out)",
         "T* = max(F/U, N*F/(U + N*u)); times from the common start to the slowest client's last byte;",
         "origin bytes: the origin's eth0 tx_bytes (frames with headers, ~1 % over the payload) / F",
+        "piece links between peers: " + ("TLS (p2p.tls: true)" if info.get("peer_tls") == "1" else "plain TCP (signed requests)"),
         f"CPU s: all shoald processes (peers and scheduler) for shoal, the origin's registry for direct, "
         f"the cache's registry for central; busy %: the whole machine's CPUs during the run",
         f"{info.get('date', '?')}, {info.get('cpu', '?')} x{info.get('ncpu', '?')}, kernel {info.get('kernel', '?')}, "

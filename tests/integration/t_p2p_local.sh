@@ -16,7 +16,8 @@
 #     their own, so they never meet the plain peers) pull the layer, E every
 #     piece from D; D's upload server gives a plain HTTP client no answer,
 #     and answers a TLS 1.2 DHE-PSK client holding the derived key (403 for
-#     an unsigned request);
+#     an unsigned request); E's requests after the first to D and to the
+#     scheduler go over kept-alive connections (no TLS handshake per piece);
 #   - a swarm the scheduler knows with another length (a peer that lies, or
 #     an object that changed): the scheduler answers 409, and peer A fetches
 #     the small layer from the origin at once, with a warning, instead of
@@ -195,6 +196,19 @@ assert_eq "$(jq -r .bytes_peer <<<"$line")" "$size" "peer E bytes_peer"
 assert_eq "$(jq -r .bytes_origin <<<"$line")" 0 "peer E bytes_origin"
 jq -se 'any(.[]; .msg == "p2p peer started" and .tls == true)' "$E_LOG" >/dev/null ||
   fail "peer E did not start with tls"
+# Four pieces from D and a dozen or more scheduler calls: a connection each
+# without keep-alive; with it, at most two to D (two pieces in flight per
+# parent) and a few to the scheduler (calls that overlap).
+scrape=$(curl -sf "http://127.0.0.1:$E_METRICS/metrics") || fail "peer E metrics"
+e_new=$(awk '$1 == "shoal_p2p_requests_total{connection=\"new\"}" { print $2 }' <<<"$scrape")
+e_reused=$(awk '$1 == "shoal_p2p_requests_total{connection=\"reused\"}" { print $2 }' <<<"$scrape")
+info "peer E: requests on new connections ${e_new:-?}, on kept-alive ones ${e_reused:-?}"
+if [ -z "$e_new" ] || [ "$e_new" -lt 1 ] || [ "$e_new" -gt 6 ]; then
+  fail "peer E opened ${e_new:-?} connections (want 1..6)"
+fi
+if [ -z "$e_reused" ] || [ "$e_reused" -lt 4 ]; then
+  fail "peer E sent ${e_reused:-?} requests on kept-alive connections (want >= 4)"
+fi
 # Plain HTTP to a TLS upload server: no HTTP answer at all (curl fails,
 # empty reply or reset, status 000).
 rc=0

@@ -7,6 +7,7 @@
 #include "scheduler_client.h"
 #include "shoal/obs/log.h"
 #include "shoal/p2p/auth.h"
+#include "shoal/p2p/http_call.h"
 #include "shoal/p2p/peer_tls.h"
 #include "shoal/p2p/upload_server.h"
 
@@ -89,7 +90,8 @@ Engine::Engine(uv_loop_t* loop, task::Engine* tasks, OriginFetcher* origin, Engi
     : loop_(loop), tasks_(tasks), origin_(origin), opts_(std::move(opts)) {
   signer_ = std::make_unique<Signer>(opts_.secret);
   verifier_ = std::make_unique<Verifier>(opts_.secret);
-  sched_ = std::make_unique<SchedulerClient>(loop_, opts_, *signer_);
+  links_ = std::make_unique<LinkPool>(loop_, LinkPool::Options{});
+  sched_ = std::make_unique<SchedulerClient>(loop_, opts_, *signer_, links_.get());
   source_ = std::make_unique<Source>(*this);
   UploadServer::Options uo;
   uo.slots = opts_.upload_slots;
@@ -138,7 +140,8 @@ void Engine::stop(std::function<void()> done) {
   auto one = [remaining, done] {
     if (--*remaining == 0 && done) done();
   };
-  sched_->stop(one);
+  // The leave calls go over kept-alive connections: the pool closes after.
+  sched_->stop([this, one] { links_->close(one); });
   upload_->close(one);
 }
 

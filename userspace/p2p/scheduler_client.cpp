@@ -21,8 +21,8 @@ obs::Counter& sched_errors() {
 
 }  // namespace
 
-SchedulerClient::SchedulerClient(uv_loop_t* loop, const EngineOptions& opts, Signer& signer)
-    : loop_(loop), opts_(opts), signer_(signer) {
+SchedulerClient::SchedulerClient(uv_loop_t* loop, const EngineOptions& opts, Signer& signer, LinkPool* links)
+    : loop_(loop), opts_(opts), signer_(signer), links_(links) {
   for (auto& a : opts.schedulers) scheds_.push_back(Sched{a});
   up_.reset(new std::atomic<bool>[scheds_.size()]);
   for (size_t i = 0; i < scheds_.size(); ++i) up_[i] = false;
@@ -82,20 +82,21 @@ HttpCall* SchedulerClient::send(int i, const std::string& path, const std::strin
   hs.push_back({"Host", scheds_[static_cast<size_t>(i)].addr});
   hs.push_back({"Content-Type", "application/json"});
   hs.push_back({"Content-Length", std::to_string(body.size())});
-  hs.push_back({"Connection", "close"});
+  if (links_ == nullptr) hs.push_back({"Connection", "close"});
   std::string req = http::serialize_request_head("POST", path, hs) + body;
   const std::string& addr = scheds_[static_cast<size_t>(i)].addr;
   // Every call with a callback is tracked, so stop() can cancel it before
   // this client goes away.
   auto slot = std::make_shared<HttpCall*>(nullptr);
   Signer* signer = &signer_;
-  HttpCall* h =
-      HttpCall::start(loop_, addr, std::move(req), kMaxAnswer, timeout_ms, opts_.mark,
-                      [this, slot, done, nonce, signer](CallResult& r) {
-                        internal_.erase(*slot);
-                        bool ok = r.error == 0 && signer->check_response(nonce, r.status, r.headers, r.body);
-                        done(r, ok);
-                      });
+  HttpCall* h = HttpCall::start(
+      loop_, addr, std::move(req), kMaxAnswer, timeout_ms, opts_.mark,
+      [this, slot, done, nonce, signer](CallResult& r) {
+        internal_.erase(*slot);
+        bool ok = r.error == 0 && signer->check_response(nonce, r.status, r.headers, r.body);
+        done(r, ok);
+      },
+      nullptr, links_);
   *slot = h;
   internal_.insert(h);
   return h;

@@ -33,7 +33,9 @@ class SchedulerClient {
   // sched: the index of the scheduler that answered (-1 with status -1).
   using Reply = std::function<void(int status, const std::string& body, int sched)>;
 
-  SchedulerClient(uv_loop_t* loop, const EngineOptions& opts, Signer& signer);
+  // links: kept-alive connections to the schedulers (may be null); it must
+  // stay open until stop()'s done has run.
+  SchedulerClient(uv_loop_t* loop, const EngineOptions& opts, Signer& signer, LinkPool* links);
   ~SchedulerClient();
   void start();
   // Leaves every scheduler (best effort) and closes the timers; done runs
@@ -87,6 +89,7 @@ class SchedulerClient {
   uv_loop_t* loop_;
   const EngineOptions& opts_;
   Signer& signer_;
+  LinkPool* links_;
   std::vector<Sched> scheds_;
   std::unique_ptr<std::atomic<bool>[]> up_;  // per scheduler, for status on other threads
   std::map<uint64_t, Pending> pending_;

@@ -88,6 +88,7 @@ struct EngineOptions {
   bool tls = false;
 };
 
+class LinkPool;
 class PeerTask;
 class PeerTls;
 class SchedulerClient;
@@ -124,6 +125,8 @@ class Engine {
   task::Engine& tasks() { return *tasks_; }
   OriginFetcher& origin() { return *origin_; }
   SchedulerClient& scheduler() { return *sched_; }
+  // Kept-alive connections to parents and schedulers (http_call.h).
+  LinkPool* links() { return links_.get(); }
   const EngineOptions& options() const { return opts_; }
   Signer& signer() { return *signer_; }
   // The configuration piece requests speak TLS with; null when p2p.tls is
@@ -151,6 +154,7 @@ class Engine {
   std::unique_ptr<PeerTls> tls_;  // with opts_.tls
   std::string tls_error_;         // why tls_ could not be built; start() reports it
   std::unique_ptr<Verifier> verifier_;
+  std::unique_ptr<LinkPool> links_;  // before sched_: its calls use it
   std::unique_ptr<SchedulerClient> sched_;
   std::unique_ptr<Source> source_;
   std::unique_ptr<UploadServer> upload_;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../cmocka_cpp.h"
+#include "piece_file.h"
 #include "shoal/http/http.h"
 #include "shoal/p2p/auth.h"
 #include "shoal/p2p/http_call.h"
@@ -40,15 +41,13 @@ const std::string kTask(64, 'b');
 constexpr uint32_t kPiece = 3u << 20;
 constexpr uint32_t kLast = 100001;
 
-std::string g_data;
-std::string g_path;
-int g_fd = -1;
+PieceFile g_file;
 
 class FileSource : public PieceSource {
  public:
   bool open_piece(const std::string& task_id, uint32_t index, PieceRef* out) override {
     if (task_id != kTask || index > 1) return false;
-    out->fd = g_fd;
+    out->fd = g_file.fd;
     out->offset = uint64_t{index} * kPiece;
     out->length = index == 0 ? kPiece : kLast;
     out->token = index + 1;
@@ -146,9 +145,9 @@ void test_pieces_over_tls(void**) {
   if (b->error != 0) fail_msg("piece 1: %s", b->why.c_str());
   assert_int_equal(a->status, 200);
   assert_int_equal(a->body.size(), kPiece);
-  assert_true(a->body == g_data.substr(0, kPiece));
+  assert_true(a->body == g_file.data.substr(0, kPiece));
   assert_int_equal(b->status, 200);
-  assert_true(b->body == g_data.substr(kPiece, kLast));
+  assert_true(b->body == g_file.data.substr(kPiece, kLast));
   assert_int_equal(rig.source.opens, 2);
 }
 
@@ -178,7 +177,7 @@ void test_mismatches_fail_cleanly(void**) {
     if (r->why.rfind("TLS handshake: ", 0) != 0) fail_msg("plain server: %s", r->why.c_str());
     assert_int_equal(plain->error, 0);
     assert_int_equal(plain->status, 200);
-    assert_true(plain->body == g_data.substr(kPiece, kLast));
+    assert_true(plain->body == g_file.data.substr(kPiece, kLast));
   }
 }
 
@@ -193,21 +192,10 @@ void test_signature_still_checked(void**) {
   assert_int_equal(rig.source.opens, 0);
 }
 
-int setup(void**) {
-  char tmpl[] = "/tmp/shoal-peer-tls-XXXXXX";
-  int fd = mkstemp(tmpl);
-  if (fd < 0) return -1;
-  g_path = tmpl;
-  g_data.resize(kPiece + kLast);
-  for (size_t i = 0; i < g_data.size(); ++i) g_data[i] = static_cast<char>((i * 2654435761u) >> 11);
-  if (::write(fd, g_data.data(), g_data.size()) != static_cast<ssize_t>(g_data.size())) return -1;
-  g_fd = fd;
-  return 0;
-}
+int setup(void**) { return g_file.make("peer-tls", kPiece + kLast); }
 
 int teardown(void**) {
-  ::close(g_fd);
-  ::unlink(g_path.c_str());
+  g_file.remove();
   return 0;
 }
 
