@@ -180,6 +180,9 @@ void LinkPool::put(Link* l) {
     return;
   }
   l->idle_since = uv_now(loop_);
+  // An idle TLS link keeps its session, not the session's buffers (a
+  // piece's read leaves up to 256 KiB of input capacity behind).
+  if (l->tls != nullptr) l->tls->trim();
   auto& v = idle_[l->key];
   v.push_back(l);
   ++idle_count_;

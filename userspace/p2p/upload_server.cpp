@@ -644,7 +644,7 @@ void Conn::after_response() {
   buf.reset();
   if (tls) {
     std::vector<uint8_t>().swap(sealed);
-    if (tls->output().empty()) std::vector<uint8_t>().swap(tls->output());
+    tls->trim();
   }
   last_activity_ms = now_ms();
   parser.resume();

@@ -646,6 +646,18 @@ void Session::try_fast_records() {
   }
 }
 
+void Session::trim() {
+  if (in_off_ == in_.size()) {
+    std::vector<uint8_t>().swap(in_);
+    in_off_ = 0;
+  }
+  if (out_.empty()) std::vector<uint8_t>().swap(out_);
+  if (plain_off_ == plain_.size()) {
+    std::vector<uint8_t>().swap(plain_);
+    plain_off_ = 0;
+  }
+}
+
 void Session::consume_input(size_t n) {
   in_off_ += n;
   if (in_off_ == in_.size()) {  // drained: reuse the capacity

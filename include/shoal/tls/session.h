@@ -254,6 +254,13 @@ class Session {
   // layer (it buffers partial records itself); up to one partial record on
   // the fast one, which opens records where they were fed.
   size_t pending_input() const { return in_.size() - in_off_; }
+  // Gives back the capacity of the buffers that hold nothing (input
+  // drained, output sent, no plaintext left over): a connection kept alive
+  // between requests then costs no more than its mbedTLS or record-layer
+  // state. The next feed or write allocates again.
+  void trim();
+  // Capacity held by those buffers, for tests.
+  size_t buffered_capacity_for_test() const { return in_.capacity() + out_.capacity() + plain_.capacity(); }
   // True once the libcrypto record layer protects the records.
   bool fast_records() const { return fast_ != nullptr; }
   // "libcrypto" or "mbedtls": which layer protects the records (for logs).
