@@ -59,8 +59,10 @@ EOF
 # start_scheduler PORT: returns once it answers /healthz; sets SCHED_PID.
 start_scheduler() {
   local port=$1 deadline=$((SECONDS + 15))
-  "$BUILD/shoald" scheduler --listen "127.0.0.1:$port" --cluster-secret-file "$secret" \
-    --log-dir "$TEST_TMP/sched-$port" </dev/null >"$TEST_TMP/sched-$port.out" 2>&1 &
+  # A soft descriptor limit of 1024, as a login shell hands down: the
+  # scheduler raises it (peers keep their connections to it open).
+  (ulimit -Sn 1024 && exec "$BUILD/shoald" scheduler --listen "127.0.0.1:$port" --cluster-secret-file "$secret" \
+    --log-dir "$TEST_TMP/sched-$port") </dev/null >"$TEST_TMP/sched-$port.out" 2>&1 &
   SCHED_PID=$!
   on_exit stop_pid "$SCHED_PID"
   until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; do
@@ -72,6 +74,10 @@ start_scheduler() {
 sched_port=$(free_port)
 start_scheduler "$sched_port"
 sched_pid=$SCHED_PID
+hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -gt 1024 ]; then
+  assert_log_has ".msg == \"scheduler started\" and .fd_limit == $hard" "$TEST_TMP/sched-$sched_port/core.log"
+fi
 
 # start_peer NAME [CONFIG SCHEDULER_PORT]: a shoald with its own peer port;
 # sets NAME_PROXY, NAME_LOG, NAME_PID, NAME_METRICS, NAME_PEER.

@@ -1,7 +1,6 @@
 #include "shoal/proxy/worker.h"
 
 #include <netinet/in.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -12,29 +11,21 @@
 
 #include "conn.h"
 #include "shoal/obs/log.h"
+#include "shoal/util/fd_limit.h"
 
 namespace shoal::proxy {
 namespace {
 
-// Raises RLIMIT_NOFILE's soft limit to the hard one, once per process.
-// Every client connection holds a descriptor (two while it talks to an
-// origin), and the soft limit a shell hands down is often 1024: a few
-// hundred idle clients would then exhaust it. systemd's unit sets both
-// limits already; this covers shoald started by hand or by another
-// supervisor. Called from the thread that binds the listeners.
+// Raises RLIMIT_NOFILE's soft limit to the hard one (util/fd_limit.h), once
+// per process: every client connection holds a descriptor (two while it
+// talks to an origin). Called from the thread that binds the listeners.
 void raise_fd_limit() {
   static std::once_flag once;
   std::call_once(once, [] {
-    rlimit rl{};
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
-    rlim_t before = rl.rlim_cur;
-    if (rl.rlim_cur != rl.rlim_max) {
-      rl.rlim_cur = rl.rlim_max;
-      if (setrlimit(RLIMIT_NOFILE, &rl) != 0) rl.rlim_cur = before;
-    }
+    util::FdLimit fl = util::raise_fd_limit();
     auto line = obs::log_info("file descriptor limit");
-    line.num("limit", rl.rlim_cur == RLIM_INFINITY ? -1 : static_cast<int64_t>(rl.rlim_cur));
-    if (rl.rlim_cur != before) line.num("raised_from", static_cast<int64_t>(before));
+    line.num("limit", fl.now);
+    if (fl.now != fl.before) line.num("raised_from", fl.before);
   });
 }
 

@@ -18,6 +18,7 @@
 #include "shoal/scheduler/scheduler.h"
 #include "shoal/scheduler/server.h"
 #include "shoal/scheduler/state.h"
+#include "shoal/util/fd_limit.h"
 
 namespace shoal::scheduler {
 namespace {
@@ -158,6 +159,10 @@ int main(int argc, char** argv) {
   if (obs::parse_level(log_level, &lvl)) obs::log_set_level(lvl);
   signal(SIGPIPE, SIG_IGN);
 
+  // Peers keep their connections to the scheduler alive (up to 20 s idle,
+  // a few each): a thousand of them need more than a shell's 1024.
+  util::FdLimit fl = util::raise_fd_limit();
+
   Runner r;
   uv_loop_init(&r.loop);
   State state(opts);
@@ -183,6 +188,7 @@ int main(int argc, char** argv) {
           .num("peer_timeout_ms", opts.peer_timeout_ms)
           .num("origin_concurrency", opts.origin_concurrency)
           .num("max_parents", opts.max_parents)
+          .num("fd_limit", fl.now)
           .str("version", SHOAL_VERSION);
     }
     uv_run(&r.loop, UV_RUN_DEFAULT);
