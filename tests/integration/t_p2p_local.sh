@@ -6,8 +6,9 @@
 #     right bytes; A fetched every piece from the origin with Range requests
 #     carrying no registry token at the blob store; "peer task done" says
 #     bytes_origin = size;
-#   - peer B pulls the same layer: the right bytes, bytes_peer = size and
-#     bytes_origin = 0, and the blob store served no byte of it to B;
+#   - peer B (p2p.keepAlive: 0s) pulls the same layer: the right bytes,
+#     bytes_peer = size and bytes_origin = 0, and the blob store served no
+#     byte of it to B; every request of B's went on a new connection;
 #   - across both pulls the blob store sent the blob's bytes about once
 #     (<= 1.1 x size);
 #   - the upload server answers an unsigned piece request and a signed one
@@ -120,7 +121,10 @@ wait_done() { # LOG
 }
 
 start_peer A
-start_peer B
+# B with keep-alive off: a connection per request (checked below).
+b_config=$TEST_TMP/shoald-b.yaml
+{ cat "$config"; echo "  keepAlive: 0s"; } >"$b_config"
+start_peer B "$b_config"
 store_mark=$(log_mark "$SHOAL_TEST_BLOBS_LOG")
 
 info "peer A pulls $blob ($size bytes)"
@@ -156,6 +160,14 @@ total=$((a_store))
 [ "$total" -le $((size * 11 / 10)) ] || fail "blob store sent $total bytes for two pulls of $size"
 b_peer=$(curl -sf "http://127.0.0.1:$B_METRICS/metrics" | awk '$1 == "shoal_p2p_bytes_total{source=\"peer\"}" { print $2 }')
 assert_eq "$b_peer" "$size" "peer B shoal_p2p_bytes_total{source=\"peer\"}"
+scrape=$(curl -sf "http://127.0.0.1:$B_METRICS/metrics") || fail "peer B metrics"
+b_reused=$(awk '$1 == "shoal_p2p_requests_total{connection=\"reused\"}" { print $2 }' <<<"$scrape")
+b_new=$(awk '$1 == "shoal_p2p_requests_total{connection=\"new\"}" { print $2 }' <<<"$scrape")
+info "peer B (keepAlive: 0s): requests on new connections ${b_new:-?}, on kept-alive ones ${b_reused:-?}"
+assert_eq "$b_reused" 0 "peer B (keepAlive: 0s) requests on kept-alive connections"
+if [ -z "$b_new" ] || [ "$b_new" -lt 5 ]; then
+  fail "peer B made ${b_new:-?} requests on new connections (want >= 5: four pieces and a scheduler call)"
+fi
 
 info "upload server: unsigned and not-held requests get the same 403"
 r1=$(curl -s -o "$TEST_TMP/r1" -w '%{http_code}' "http://127.0.0.1:$A_PEER/v1/tasks/$hex/pieces/0")

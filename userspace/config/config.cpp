@@ -90,6 +90,8 @@
 //     stallRate: 64KiB          # a parent slower than this for stallTime ...
 //     stallTime: 5s             # ... is replaced
 //     tls: false                # piece links over TLS 1.2 keyed by the cluster secret
+//     keepAlive: 20s            # idle time a connection to a parent or scheduler is kept
+//                               # for the next request (0 = one connection per request; at most 55s)
 //   schedulerServer:            # the scheduler role, `shoald scheduler`
 //     listen: 0.0.0.0:8002
 //     clusterSecretFile: ""     # the same secret the peers hold
@@ -786,17 +788,12 @@ constexpr Key kTransparentKeys[] = {{"mode", K::kStr, S},        {"ports", K::kP
                                     {"mark", K::kInt, S},        {"jobParent", K::kStr, S}};
 constexpr Schema kTransparent{kTransparentKeys};
 // Rates are kStr: a number or a number with a unit, checked in extraction.
-constexpr Key kP2pKeys[] = {{"schedulers", K::kStrList, S},
-                            {"clusterSecretFile", K::kStr, S},
-                            {"listen", K::kStr, S},
-                            {"advertise", K::kStr, S},
-                            {"labels", K::kStrMap, S},
-                            {"uploadSlots", K::kInt, S},
-                            {"uploadRate", K::kStr, S},
-                            {"parallelParents", K::kInt, S},
-                            {"stallRate", K::kStr, S},
-                            {"stallTime", K::kDur, S},
-                            {"tls", K::kBool, S}};
+constexpr Key kP2pKeys[] = {{"schedulers", K::kStrList, S}, {"clusterSecretFile", K::kStr, S},
+                            {"listen", K::kStr, S},         {"advertise", K::kStr, S},
+                            {"labels", K::kStrMap, S},      {"uploadSlots", K::kInt, S},
+                            {"uploadRate", K::kStr, S},     {"parallelParents", K::kInt, S},
+                            {"stallRate", K::kStr, S},      {"stallTime", K::kDur, S},
+                            {"tls", K::kBool, S},           {"keepAlive", K::kDur, S}};
 constexpr Schema kP2p{kP2pKeys};
 constexpr Key kSchedulerServerKeys[] = {{"listen", K::kStr, S},
                                         {"clusterSecretFile", K::kStr, S},
@@ -1619,6 +1616,14 @@ class Validator {
     set_rate(find(pm, "stallRate"), "p2p.stallRate", true, &c->stall_rate);
     set_duration(find(pm, "stallTime"), "p2p.stallTime", false, &c->stall_time_s);
     if (auto v = bool_of(find(pm, "tls"))) c->peer_tls = *v;
+    if (const Found f = find(pm, "keepAlive"); auto d = dur_of(f)) {
+      // Below the upload server's 60 s idle timeout, so that this side
+      // closes an idle connection first.
+      if (*d < 0 || *d > 55)
+        error(*f.value, "p2p.keepAlive", "must be 0 (off) to 55s");
+      else
+        c->peer_keepalive_s = *d;
+    }
 
     // Only a running P2P listener can collide with the other listeners.
     if (!c->p2p_schedulers.empty()) {

@@ -90,8 +90,10 @@ Engine::Engine(uv_loop_t* loop, task::Engine* tasks, OriginFetcher* origin, Engi
     : loop_(loop), tasks_(tasks), origin_(origin), opts_(std::move(opts)) {
   signer_ = std::make_unique<Signer>(opts_.secret);
   verifier_ = std::make_unique<Verifier>(opts_.secret);
-  links_ = std::make_unique<LinkPool>(loop_, LinkPool::Options{});
-  sched_ = std::make_unique<SchedulerClient>(loop_, opts_, *signer_, links_.get());
+  LinkPool::Options lo;
+  lo.idle_ms = opts_.keepalive_ms;
+  links_ = std::make_unique<LinkPool>(loop_, lo);
+  sched_ = std::make_unique<SchedulerClient>(loop_, opts_, *signer_, links());
   source_ = std::make_unique<Source>(*this);
   UploadServer::Options uo;
   uo.slots = opts_.upload_slots;

@@ -393,6 +393,7 @@ void PeerTask::start_parent(uint32_t piece, const std::string& parent) {
   std::string path = "/v1/tasks/" + id_ + "/pieces/" + std::to_string(piece);
   auto hs = e_.signer().sign("GET", path, "", static_cast<int64_t>(time(nullptr)), nullptr);
   hs.push_back({"Host", p.addr});
+  if (e_.links() == nullptr) hs.push_back({"Connection", "close"});
   f.call = HttpCall::start(
       e_.loop(), p.addr, http::serialize_request_head("GET", path, hs), piece_len(piece), kPieceTimeoutMs,
       e_.options().mark, [this, fid](CallResult& r) { on_parent_done(fid, r); }, e_.peer_tls(), e_.links());

@@ -157,6 +157,7 @@ struct Config {
   uint64_t stall_rate = 64 * 1024;  // p2p.stallRate, bytes/s (same syntax as uploadRate)
   double stall_time_s = 5.0;        // p2p.stallTime (duration, like other durations in the file)
   bool peer_tls = false;            // p2p.tls: piece links over TLS keyed by the cluster secret
+  double peer_keepalive_s = 20.0;   // p2p.keepAlive: idle connections kept (0..55 s; 0 = none)
   // Scheduler role (schedulerServer.*), read by `shoald scheduler`.
   Endpoint scheduler_listen{"0.0.0.0", 8002};  // schedulerServer.listen
   std::string scheduler_secret_file;           // schedulerServer.clusterSecretFile

@@ -86,6 +86,9 @@ struct EngineOptions {
   // p2p.tls: piece requests and the upload server speak TLS keyed by the
   // secret (peer_tls.h); every peer of a cluster must agree.
   bool tls = false;
+  // p2p.keepAlive: how long an idle connection to a parent or scheduler is
+  // kept for the next request; 0: a connection per request.
+  uint64_t keepalive_ms = 20000;
 };
 
 class LinkPool;
@@ -125,8 +128,9 @@ class Engine {
   task::Engine& tasks() { return *tasks_; }
   OriginFetcher& origin() { return *origin_; }
   SchedulerClient& scheduler() { return *sched_; }
-  // Kept-alive connections to parents and schedulers (http_call.h).
-  LinkPool* links() { return links_.get(); }
+  // Kept-alive connections to parents and schedulers (http_call.h); null
+  // when p2p.keepAlive is 0 (a connection per request).
+  LinkPool* links() { return opts_.keepalive_ms > 0 ? links_.get() : nullptr; }
   const EngineOptions& options() const { return opts_; }
   Signer& signer() { return *signer_; }
   // The configuration piece requests speak TLS with; null when p2p.tls is

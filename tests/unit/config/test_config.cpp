@@ -836,6 +836,7 @@ void test_p2p_defaults(void**) {
   assert_int_equal(c.stall_rate, 64 * 1024);
   assert_true(c.stall_time_s == 5.0);
   assert_false(c.peer_tls);
+  assert_true(c.peer_keepalive_s == 20.0);
   assert_string_equal(c.scheduler_listen.addr.c_str(), "0.0.0.0");
   assert_int_equal(c.scheduler_listen.port, 8002);
   assert_string_equal(c.scheduler_secret_file.c_str(), "");
@@ -870,6 +871,7 @@ void test_p2p_keys(void**) {
       "  stallRate: 1Mbit/s\n"
       "  stallTime: 1m30s\n"
       "  tls: true\n"
+      "  keepAlive: 45s\n"
       "schedulerServer:\n"
       "  listen: 10.0.0.5:8002\n"
       "  clusterSecretFile: /etc/shoal/cluster.key\n"
@@ -897,6 +899,7 @@ void test_p2p_keys(void**) {
   assert_int_equal(c.stall_rate, 125000);
   assert_true(c.stall_time_s == 90.0);
   assert_true(c.peer_tls);
+  assert_true(c.peer_keepalive_s == 45.0);
   assert_string_equal(c.scheduler_listen.addr.c_str(), "10.0.0.5");
   assert_int_equal(c.scheduler_listen.port, 8002);
   assert_string_equal(c.scheduler_secret_file.c_str(), "/etc/shoal/cluster.key");
@@ -928,7 +931,8 @@ void test_p2p_errors(void**) {
       "  uploadRate: 10 parsecs\n"
       "  parallelParents: 65\n"
       "  stallRate: 0\n"
-      "  stallTime: 0s\n");
+      "  stallTime: 0s\n"
+      "  keepAlive: 1m\n");
   assert_false(r.ok());
   expect_diag(r, "p2p.schedulers[0]", 2, 16, "host must be an IP address literal");
   expect_diag(r, "p2p.schedulers[1]", 2, 40, "expected host:port");
@@ -946,8 +950,9 @@ void test_p2p_errors(void**) {
   expect_diag(r, "p2p.parallelParents", 11, 20, "must be 1 to 64");
   expect_diag(r, "p2p.stallRate", 12, 14, "must be more than zero");
   expect_diag(r, "p2p.stallTime", 13, 14, "must be more than zero");
-  if (count(r, false) != 16) dump(r);
-  assert_int_equal(count(r, false), 16);
+  expect_diag(r, "p2p.keepAlive", 14, 14, "must be 0 (off) to 55s");
+  if (count(r, false) != 17) dump(r);
+  assert_int_equal(count(r, false), 17);
   // The wrong shapes.
   const LoadResult shapes = load(
       "p2p:\n  schedulers: 10.0.0.5:8002\n  labels: [a]\n  uploadSlots: many\n  stallTime: soon\n"
