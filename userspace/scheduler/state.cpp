@@ -31,6 +31,8 @@
 #include <utility>
 #include <vector>
 
+#include "shoal/scheduler/pos_map.h"
+
 namespace shoal::scheduler {
 namespace {
 
@@ -99,13 +101,13 @@ struct Task {
   uint64_t length = 0;
   uint32_t piece_size = 0, pieces = 0;
   Bits known;
-  std::vector<task::Sha256> hashes;            // allocated with the first hash
-  uint32_t first_unknown = 0;                  // every piece below has a known hash
-  uint32_t words = 0;                          // 64-bit words per bitmap
-  std::vector<uint32_t> count;                 // holders per piece
-  std::vector<uint32_t> holders;               // peer slots
-  std::vector<uint64_t> hbits;                 // holder i's pieces: words [i * words, (i + 1) * words)
-  std::unordered_map<uint32_t, uint32_t> pos;  // peer slot -> index in holders
+  std::vector<task::Sha256> hashes;  // allocated with the first hash
+  uint32_t first_unknown = 0;        // every piece below has a known hash
+  uint32_t words = 0;                // 64-bit words per bitmap
+  std::vector<uint32_t> count;       // holders per piece
+  std::vector<uint32_t> holders;     // peer slots
+  std::vector<uint64_t> hbits;       // holder i's pieces: words [i * words, (i + 1) * words)
+  PosMap pos;                        // peer slot -> index in holders
 
   uint64_t* bits_of(uint32_t i) { return hbits.data() + size_t{i} * words; }
   const uint64_t* bits_of(uint32_t i) const { return hbits.data() + size_t{i} * words; }
@@ -326,17 +328,14 @@ struct State::Impl {
   // with merge, only adds to them.
   void set_holding(uint32_t t, uint32_t p, const Bits& have, bool merge = false) {
     Task& x = tasks[t];
-    auto it = x.pos.find(p);
-    uint32_t at;
-    if (it == x.pos.end()) {
+    uint32_t at = x.pos.find(p);
+    if (at == PosMap::kAbsent) {
       at = static_cast<uint32_t>(x.holders.size());
-      x.pos.emplace(p, at);
+      x.pos.set(p, at);
       x.holders.push_back(p);
       x.hbits.resize(x.hbits.size() + x.words, 0);
       peers[p].tasks.push_back(t);
       x.empty_since = -1;
-    } else {
-      at = it->second;
     }
     uint64_t* mine = x.bits_of(at);
     for (size_t k = 0; k < x.words; ++k) {
@@ -369,9 +368,9 @@ struct State::Impl {
 
   void clear_holding_bit(uint32_t t, uint32_t p, uint32_t piece) {
     Task& x = tasks[t];
-    auto it = x.pos.find(p);
-    if (it == x.pos.end()) return;
-    uint64_t& w = x.bits_of(it->second)[piece / 64];
+    uint32_t at = x.pos.find(p);
+    if (at == PosMap::kAbsent) return;
+    uint64_t& w = x.bits_of(at)[piece / 64];
     uint64_t m = uint64_t{1} << (piece % 64);
     if (w & m) {
       w &= ~m;
@@ -383,9 +382,8 @@ struct State::Impl {
   // Removes p from t's holder list and drops its assignments there.
   void remove_holder(uint32_t t, uint32_t p, int64_t now) {
     Task& x = tasks[t];
-    auto it = x.pos.find(p);
-    if (it == x.pos.end()) return;
-    uint32_t i = it->second;
+    uint32_t i = x.pos.find(p);
+    if (i == PosMap::kAbsent) return;
     const uint64_t* b = x.bits_of(i);
     for (size_t k = 0; k < x.words; ++k) {
       uint64_t w = b[k];
@@ -397,12 +395,12 @@ struct State::Impl {
         unheld(x, piece);
       }
     }
-    x.pos.erase(it);
+    x.pos.erase(p);
     uint32_t last = static_cast<uint32_t>(x.holders.size() - 1);
     if (i != last) {
       x.holders[i] = x.holders[last];
       std::copy(x.bits_of(last), x.bits_of(last) + x.words, x.bits_of(i));
-      x.pos[x.holders[i]] = i;
+      x.pos.set(x.holders[i], i);
     }
     x.holders.pop_back();
     x.hbits.resize(x.hbits.size() - x.words);
