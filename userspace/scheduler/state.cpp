@@ -31,7 +31,7 @@
 #include <utility>
 #include <vector>
 
-#include "shoal/scheduler/pos_map.h"
+#include "shoal/scheduler/flat_maps.h"
 
 namespace shoal::scheduler {
 namespace {
@@ -206,7 +206,7 @@ struct State::Impl {
   std::vector<Hot> hot;
   std::unordered_map<std::string, uint32_t> racks;
   std::vector<uint32_t> free_peers;
-  std::unordered_map<std::string, uint32_t> peer_ids;
+  IdMap peer_ids;  // peer id -> slot (the id lives in peers[slot].id)
   uint32_t lru_head = kNone, lru_tail = kNone;
   std::vector<Task> tasks;
   std::vector<uint32_t> free_tasks;
@@ -235,8 +235,7 @@ struct State::Impl {
   }
 
   uint32_t find_peer(const std::string& id) const {
-    auto it = peer_ids.find(id);
-    return it == peer_ids.end() ? kNone : it->second;
+    return peer_ids.find(id, [this](uint32_t p) -> const std::string& { return peers[p].id; });
   }
   // piece_size 0: the task's latest swarm.
   uint32_t find_task(const std::string& id, uint32_t piece_size) const {
@@ -429,7 +428,7 @@ struct State::Impl {
     Peer& x = peers[p];
     for (uint32_t t : x.tasks) remove_holder(t, p, now);
     lru_unlink(p);
-    peer_ids.erase(x.id);
+    peer_ids.erase(x.id, [this](uint32_t q) -> const std::string& { return peers[q].id; });
     peers[p] = Peer();
     hot[p] = Hot();
     free_peers.push_back(p);
@@ -500,7 +499,7 @@ int State::register_peer(const p2p::RegisterReq& req, int64_t now_ms, p2p::Regis
     }
     s.peers[p].used = true;
     s.peers[p].id = req.peer;
-    s.peer_ids.emplace(req.peer, p);
+    s.peer_ids.insert(req.peer, p);
     s.lru_append(p);
   }
   Peer& x = s.peers[p];

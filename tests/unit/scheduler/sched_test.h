@@ -5,6 +5,6 @@ namespace shoal::scheduler::test {
 
 int run_state_tests();
 int run_server_tests();
-int run_pos_map_tests();
+int run_flat_map_tests();
 
 }  // namespace shoal::scheduler::test
