@@ -168,6 +168,14 @@ assert_eq "$b_reused" 0 "peer B (keepAlive: 0s) requests on kept-alive connectio
 if [ -z "$b_new" ] || [ "$b_new" -lt 5 ]; then
   fail "peer B made ${b_new:-?} requests on new connections (want >= 5: four pieces and a scheduler call)"
 fi
+# A keeps the pieces it verified in memory (p2p.pieceMemory, 64 MiB by
+# default): B got every piece from there, none read back from A's disk.
+scrape=$(curl -sf "http://127.0.0.1:$A_METRICS/metrics") || fail "peer A metrics"
+a_mem=$(awk '$1 == "shoal_upload_started_total{from=\"memory\"}" { print $2 }' <<<"$scrape")
+a_disk=$(awk '$1 == "shoal_upload_started_total{from=\"disk\"}" { print $2 }' <<<"$scrape")
+info "peer A's uploads to B: ${a_mem:-?} from memory, ${a_disk:-?} from disk"
+assert_eq "$a_disk" 0 "peer A uploads read from disk"
+[ "${a_mem:-0}" -ge "$pieces" ] || fail "peer A sent ${a_mem:-?} pieces from memory, want >= $pieces"
 
 info "upload server: unsigned and not-held requests get the same 403"
 r1=$(curl -s -o "$TEST_TMP/r1" -w '%{http_code}' "http://127.0.0.1:$A_PEER/v1/tasks/$hex/pieces/0")
@@ -198,7 +206,11 @@ tls_config=$TEST_TMP/shoald-tls.yaml
 { cat "$config"; echo "  tls: true"; } >"$tls_config"
 tls_sched_port=$(free_port)
 start_scheduler "$tls_sched_port"
-start_peer D "$tls_config" "$tls_sched_port"
+# D keeps no piece in memory once written (p2p.pieceMemory: 0): E's pieces
+# are read back from D's disk, the other upload path.
+d_config=$TEST_TMP/shoald-d.yaml
+{ cat "$tls_config"; echo "  pieceMemory: 0"; } >"$d_config"
+start_peer D "$d_config" "$tls_sched_port"
 start_peer E "$tls_config" "$tls_sched_port"
 code=$(pull "$D_PROXY" "$TEST_TMP/d.body") || fail "peer D pull failed"
 assert_eq "$code" 200 "peer D status"
@@ -227,6 +239,14 @@ fi
 if [ -z "$e_reused" ] || [ "$e_reused" -lt 4 ]; then
   fail "peer E sent ${e_reused:-?} requests on kept-alive connections (want >= 4)"
 fi
+scrape=$(curl -sf "http://127.0.0.1:$D_METRICS/metrics") || fail "peer D metrics"
+d_mem=$(awk '$1 == "shoal_upload_started_total{from=\"memory\"}" { print $2 }' <<<"$scrape")
+d_disk=$(awk '$1 == "shoal_upload_started_total{from=\"disk\"}" { print $2 }' <<<"$scrape")
+d_held=$(awk '$1 == "shoal_p2p_piece_memory_bytes" { print $2 }' <<<"$scrape")
+info "peer D (pieceMemory: 0) uploads to E: ${d_mem:-?} from memory, ${d_disk:-?} from disk; ${d_held:-?} bytes held"
+assert_eq "$d_mem" 0 "peer D (pieceMemory: 0) uploads from memory"
+assert_eq "$d_held" 0 "peer D (pieceMemory: 0) piece bytes held after its download"
+[ "${d_disk:-0}" -ge "$pieces" ] || fail "peer D sent ${d_disk:-?} pieces from disk, want >= $pieces"
 # Plain HTTP to a TLS upload server: no HTTP answer at all (curl fails,
 # empty reply or reset, status 000).
 rc=0

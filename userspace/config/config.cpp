@@ -92,6 +92,8 @@
 //     tls: false                # piece links over TLS 1.2 keyed by the cluster secret
 //     keepAlive: 20s            # idle time a connection to a parent or scheduler is kept
 //                               # for the next request (0 = one connection per request; at most 55s)
+//     pieceMemory: 64Mi         # verified pieces kept in memory to serve other peers from
+//                               # (0 = only until written; at most 16Gi)
 //   schedulerServer:            # the scheduler role, `shoald scheduler`
 //     listen: 0.0.0.0:8002
 //     clusterSecretFile: ""     # the same secret the peers hold
@@ -793,7 +795,8 @@ constexpr Key kP2pKeys[] = {{"schedulers", K::kStrList, S}, {"clusterSecretFile"
                             {"labels", K::kStrMap, S},      {"uploadSlots", K::kInt, S},
                             {"uploadRate", K::kStr, S},     {"parallelParents", K::kInt, S},
                             {"stallRate", K::kStr, S},      {"stallTime", K::kDur, S},
-                            {"tls", K::kBool, S},           {"keepAlive", K::kDur, S}};
+                            {"tls", K::kBool, S},           {"keepAlive", K::kDur, S},
+                            {"pieceMemory", K::kStr, S}};
 constexpr Schema kP2p{kP2pKeys};
 constexpr Key kSchedulerServerKeys[] = {{"listen", K::kStr, S},
                                         {"clusterSecretFile", K::kStr, S},
@@ -1623,6 +1626,13 @@ class Validator {
         error(*f.value, "p2p.keepAlive", "must be 0 (off) to 55s");
       else
         c->peer_keepalive_s = *d;
+    }
+    if (const Found f = find(pm, "pieceMemory"); auto v = str_of(f)) {
+      uint64_t bytes = 0;
+      if (!parse_size(*v, &bytes) || bytes > (uint64_t{16} << 30))
+        error(*f.value, "p2p.pieceMemory", "expected a size from 0 to 16Gi, such as 64Mi or 1Gi");
+      else
+        c->peer_piece_memory = bytes;
     }
 
     // Only a running P2P listener can collide with the other listeners.

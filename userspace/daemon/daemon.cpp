@@ -642,6 +642,7 @@ int Daemon::setup_p2p(int index, std::string* err) {
   eo.mark = shared_.mark;
   eo.tls = cfg_->peer_tls;
   eo.keepalive_ms = static_cast<uint64_t>(cfg_->peer_keepalive_s * 1000);
+  eo.piece_memory = cfg_->peer_piece_memory;
   p2p_worker_ = std::make_unique<proxy::Worker>(shared_, index);
   origin_fetcher_ = proxy::make_origin_fetcher(*p2p_worker_);
   p2p_ = std::make_unique<p2p::Engine>(p2p_worker_->loop(), shared_.engine.get(), origin_fetcher_.get(), eo);

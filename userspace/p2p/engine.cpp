@@ -7,6 +7,7 @@
 #include "scheduler_client.h"
 #include "shoal/obs/log.h"
 #include "shoal/p2p/auth.h"
+#include "shoal/p2p/hot_pieces.h"
 #include "shoal/p2p/http_call.h"
 #include "shoal/p2p/peer_tls.h"
 #include "shoal/p2p/upload_server.h"
@@ -27,6 +28,8 @@ class Engine::Source : public PieceSource {
     if (it != e_.downloads_.end()) {
       PeerTask* pt = it->second;
       if (!pt->holds(index)) return false;
+      // A verified piece not yet written is only in memory (pinned there).
+      if (from_memory(task_id, index, pt->piece_len(index), out)) return true;
       int fd = fcntl(pt->read_fd(), F_DUPFD_CLOEXEC, 0);
       if (fd < 0) return false;
       out->fd = fd;
@@ -41,6 +44,10 @@ class Engine::Source : public PieceSource {
     if (!store.lookup(task_id, &meta) || meta.piece_size == 0 ||
         index >= task::piece_count(meta.length, meta.piece_size))
       return false;
+    uint64_t left = meta.length - static_cast<uint64_t>(index) * meta.piece_size;
+    if (from_memory(task_id, index, static_cast<uint32_t>(left < meta.piece_size ? left : meta.piece_size),
+                    out))
+      return true;
     if (store.pin(task_id) != 0) return false;
     int fd = store.open_data(task_id, nullptr);
     if (fd < 0) {
@@ -49,7 +56,6 @@ class Engine::Source : public PieceSource {
     }
     out->fd = fd;
     out->offset = static_cast<uint64_t>(index) * meta.piece_size;
-    uint64_t left = meta.length - out->offset;
     out->length = static_cast<uint32_t>(left < meta.piece_size ? left : meta.piece_size);
     out->token = add(fd, task_id, task_id, index);
     return true;
@@ -57,7 +63,7 @@ class Engine::Source : public PieceSource {
   void release_piece(const PieceRef& ref) override {
     auto it = open_.find(ref.token);
     if (it == open_.end()) return;
-    close(it->second.fd);
+    if (it->second.fd >= 0) close(it->second.fd);
     if (!it->second.pinned.empty()) e_.tasks_->store().unpin(it->second.pinned);
     auto u = uploading_.find(it->second.piece);
     if (u != uploading_.end() && --u->second == 0) uploading_.erase(u);
@@ -74,6 +80,16 @@ class Engine::Source : public PieceSource {
     std::string pinned;  // stored task id pinned against GC, or ""
     PieceKey piece;
   };
+  bool from_memory(const std::string& task_id, uint32_t index, uint32_t length, PieceRef* out) {
+    HotPieces::Data d = e_.hot().get(task_id, index);
+    if (!d || d->size() != length) return false;
+    out->data = std::move(d);
+    out->fd = -1;
+    out->offset = 0;
+    out->length = length;
+    out->token = add(-1, "", task_id, index);
+    return true;
+  }
   uint64_t add(int fd, const std::string& pinned, const std::string& task_id, uint32_t index) {
     uint64_t t = next_++;
     open_[t] = Open{fd, pinned, {task_id, index}};
@@ -93,6 +109,7 @@ Engine::Engine(uv_loop_t* loop, task::Engine* tasks, OriginFetcher* origin, Engi
   LinkPool::Options lo;
   lo.idle_ms = opts_.keepalive_ms;
   links_ = std::make_unique<LinkPool>(loop_, lo);
+  hot_ = std::make_unique<HotPieces>(opts_.piece_memory);
   sched_ = std::make_unique<SchedulerClient>(loop_, opts_, *signer_, links());
   source_ = std::make_unique<Source>(*this);
   UploadServer::Options uo;

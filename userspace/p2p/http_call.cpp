@@ -10,6 +10,7 @@
 
 #include "shoal/obs/metrics.h"
 #include "shoal/tls/session.h"
+#include "shoal/util/buffer_pool.h"
 
 namespace shoal::p2p {
 
@@ -261,7 +262,11 @@ struct HttpCall::Handler : http::Handler {
                (head.content_length >= 0 || head.chunked || head.status == 204 || head.status == 304);
     if (head.content_length > 0) {
       if (static_cast<uint64_t>(head.content_length) > c->max_body_) return 1;
-      c->result_.body.reserve(static_cast<size_t>(head.content_length));
+      auto n = static_cast<size_t>(head.content_length);
+      // A piece: into a buffer this loop has used before (buffer_pool.h).
+      if (n >= util::BufferPool::kMinKept && c->result_.body.capacity() < n)
+        c->result_.body = util::BufferPool::local().take(n);
+      c->result_.body.reserve(n);
     }
     return 0;
   }
@@ -269,6 +274,7 @@ struct HttpCall::Handler : http::Handler {
     c->received_ += len;
     if (c->result_.body.size() + len > c->max_body_) return 1;
     c->result_.body.append(data, len);
+    if (c->observe_) c->observe_(data, len);
     return 0;
   }
   int on_message_complete() override {
@@ -281,7 +287,9 @@ struct HttpCall::Handler : http::Handler {
 };
 
 HttpCall::HttpCall() = default;
-HttpCall::~HttpCall() = default;
+// Deleted on the loop thread (close_now): a body nobody took (a cancelled
+// or failed piece) goes back to the loop's pool.
+HttpCall::~HttpCall() { util::BufferPool::local().give_back(std::move(result_.body)); }
 
 HttpCall* HttpCall::start(uv_loop_t* loop, const std::string& addr, std::string request, size_t max_body,
                           uint64_t timeout_ms, uint32_t mark, Done done, tls::ClientConfig* tls,

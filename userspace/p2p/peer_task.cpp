@@ -14,6 +14,7 @@
 #include "shoal/obs/log.h"
 #include "shoal/obs/metrics.h"
 #include "shoal/task/task_id.h"
+#include "shoal/util/buffer_pool.h"
 #include "shoal/util/hex.h"
 
 namespace shoal::p2p {
@@ -62,6 +63,14 @@ P2pMetrics& pm() {
 
 EVP_MD_CTX* md(void* p) { return static_cast<EVP_MD_CTX*>(p); }
 
+// A SHA-256 context for one piece fetch; the fetch and its body observer
+// share it.
+std::shared_ptr<EVP_MD_CTX> new_sha() {
+  std::shared_ptr<EVP_MD_CTX> c(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  if (c) EVP_DigestInit_ex(c.get(), task::sha256_md(), nullptr);
+  return c;
+}
+
 using util::hex;
 
 }  // namespace
@@ -80,7 +89,7 @@ PeerTask::PeerTask(Engine& e, std::shared_ptr<task::ActiveTask> t, std::string u
   have_ = Bitmap(n_);
   hash_known_ = Bitmap(n_);
   from_origin_ = Bitmap(n_);
-  verifying_ = Bitmap(n_);
+  on_disk_ = Bitmap(n_);
   hashes_.resize(n_);
   fetching_.assign(n_, 0);
   rank_.resize(n_);
@@ -301,7 +310,7 @@ int PeerTask::fetch_limit() const {
 void PeerTask::schedule() {
   if (state_ != State::Running) return;
   uint64_t now = uv_now(e_.loop());
-  auto wanted = [&](uint32_t i) { return !have_.test(i) && !verifying_.test(i) && fetching_[i] == 0; };
+  auto wanted = [&](uint32_t i) { return !have_.test(i) && fetching_[i] == 0; };
   // Origin pieces: the scheduler's assignments; without a scheduler, every
   // piece no known parent can give.
   std::vector<uint32_t> from_origin;
@@ -394,9 +403,13 @@ void PeerTask::start_parent(uint32_t piece, const std::string& parent) {
   auto hs = e_.signer().sign("GET", path, "", static_cast<int64_t>(time(nullptr)), nullptr);
   hs.push_back({"Host", p.addr});
   if (e_.links() == nullptr) hs.push_back({"Connection", "close"});
+  f.sha = new_sha();
   f.call = HttpCall::start(
       e_.loop(), p.addr, http::serialize_request_head("GET", path, hs), piece_len(piece), kPieceTimeoutMs,
       e_.options().mark, [this, fid](CallResult& r) { on_parent_done(fid, r); }, e_.peer_tls(), e_.links());
+  f.call->observe_body([sha = f.sha](const char* d, size_t n) {
+    if (sha) EVP_DigestUpdate(sha.get(), d, n);
+  });
   fetching_[piece]++;
   p.inflight++;
   parent_inflight_++;
@@ -409,11 +422,15 @@ void PeerTask::start_origin(uint32_t piece) {
   f.start_ms = f.mark_ms = uv_now(e_.loop());
   fetching_[piece]++;
   origin_inflight_++;
-  f.origin_handle =
-      e_.origin().fetch(req_, offset_of(piece), piece_len(piece), length_, &f.progress,
-                        [this, fid](int error, const std::string& why, std::vector<char>& bytes) {
-                          on_origin_done(fid, error, why, bytes);
-                        });
+  f.sha = new_sha();
+  f.origin_handle = e_.origin().fetch(
+      req_, offset_of(piece), piece_len(piece), length_, &f.progress,
+      [this, fid](int error, const std::string& why, std::string& bytes) {
+        on_origin_done(fid, error, why, bytes);
+      },
+      [sha = f.sha](const char* d, size_t n) {
+        if (sha) EVP_DigestUpdate(sha.get(), d, n);
+      });
 }
 
 // Forgets a fetch: no callback of it runs afterwards.
@@ -445,12 +462,12 @@ void PeerTask::on_parent_done(uint64_t fid, CallResult& r) {
   p.inflight--;
   if (state_ != State::Running) return;
   uint64_t now = uv_now(e_.loop());
-  if (have_.test(f.piece) || verifying_.test(f.piece)) {
+  if (have_.test(f.piece)) {
     tick();  // the other copy of an end-game piece won
     return;
   }
   if (r.error == 0 && r.status == 200 && r.body.size() == piece_len(f.piece)) {
-    store_piece(f.piece, std::move(r.body), f.parent, false);
+    piece_arrived(f, std::move(r.body));
     return;
   }
   if (r.error == 0 && r.status == 503) {
@@ -476,15 +493,16 @@ void PeerTask::on_parent_done(uint64_t fid, CallResult& r) {
   tick();
 }
 
-void PeerTask::on_origin_done(uint64_t fid, int error, const std::string& why, std::vector<char>& bytes) {
+void PeerTask::on_origin_done(uint64_t fid, int error, const std::string& why, std::string& bytes) {
   auto it = fetches_.find(fid);
   if (it == fetches_.end()) return;
-  uint32_t piece = it->second.piece;
+  Fetch f = it->second;
+  uint32_t piece = f.piece;
   fetches_.erase(it);
   fetching_[piece]--;
   origin_inflight_--;
   if (state_ != State::Running) return;
-  if (have_.test(piece) || verifying_.test(piece)) {
+  if (have_.test(piece)) {
     tick();
     return;
   }
@@ -502,95 +520,45 @@ void PeerTask::on_origin_done(uint64_t fid, int error, const std::string& why, s
     tick();
     return;
   }
-  store_piece(piece, std::string(bytes.data(), bytes.size()), "", true);
+  piece_arrived(f, std::move(bytes));
 }
 
-// Hash (and check) and write one piece in the thread pool.
-void PeerTask::store_piece(uint32_t piece, std::string data, const std::string& parent, bool from_origin) {
-  struct Job {
-    uv_work_t req{};
-    PeerTask* pt;
-    uint32_t piece;
-    std::string data, parent, err;
-    bool from_origin, check;
-    task::Sha256 expect{}, got{};
-    bool match = true;
-    int rc = 0;
-    uint64_t offset;
-    task::Writer* writer;
-  };
-  auto* j = new Job{};
-  j->req.data = j;
-  j->pt = this;
-  j->piece = piece;
-  j->data = std::move(data);
-  j->parent = parent;
-  j->from_origin = from_origin;
-  j->check = !from_origin;
-  j->expect = hashes_[piece];
-  j->offset = offset_of(piece);
-  j->writer = writer_.get();
-  verifying_.set(piece);
-  jobs_++;
-  int r = uv_queue_work(
-      e_.loop(), &j->req,
-      [](uv_work_t* req) {
-        auto* jj = static_cast<Job*>(req->data);
-        unsigned int len = 0;
-        EVP_Digest(jj->data.data(), jj->data.size(), jj->got.data(), &len, task::sha256_md(), nullptr);
-        if (jj->check && jj->got != jj->expect) {
-          jj->match = false;
-          return;
-        }
-        jj->rc = jj->writer->write(jj->data.data(), jj->data.size(), jj->offset, &jj->err);
-      },
-      [](uv_work_t* req, int) {
-        std::unique_ptr<Job> jj(static_cast<Job*>(req->data));
-        PeerTask* pt = jj->pt;
-        pt->jobs_--;
-        pt->verifying_.clear(jj->piece);
-        if (pt->state_ != State::Running) {
-          pt->maybe_free();
-          return;
-        }
-        if (!jj->match) {
-          pm().bad.inc();
-          pt->bad_pieces_++;
-          ParentInfo& p = pt->parents_[jj->parent];
-          p.banned = true;
-          obs::log_warn("bad piece from parent: SHA-256 mismatch; parent dropped for this task")
-              .str("task", pt->id_)
-              .num("piece", jj->piece)
-              .str("parent", jj->parent)
-              .str("addr", p.addr)
-              .str("expected", hex(jj->expect.data(), 32))
-              .str("got", hex(jj->got.data(), 32));
-          pt->report(jj->parent, jj->piece, ResultReq::Outcome::BadPiece);
-          pt->tick();
-          return;
-        }
-        if (jj->rc != 0) {
-          pt->fail("cannot store: " + jj->err);
-          return;
-        }
-        pt->piece_stored(jj->piece, jj->parent, jj->from_origin, jj->got);
-      });
-  if (r != 0) {
-    jobs_--;
-    verifying_.clear(piece);
-    delete j;
-    fail(std::string("thread pool: ") + uv_strerror(r));
+// A piece's bytes are all here and hashed (as they arrived): check them
+// against the scheduler's hash (a parent's piece) or publish the hash (an
+// origin piece). A good piece is held from now on: other peers may fetch it
+// from memory (hot_pieces.h) while it is written to disk behind their
+// backs; the client and the whole-object hash wait for the disk.
+void PeerTask::piece_arrived(const Fetch& f, std::string data) {
+  const uint32_t piece = f.piece;
+  const bool from_origin = f.parent.empty();
+  task::Sha256 got{};
+  if (!f.sha || EVP_DigestFinal_ex(f.sha.get(), got.data(), nullptr) != 1) {
+    fail("no memory for a SHA-256 context");
+    return;
   }
-}
-
-void PeerTask::piece_stored(uint32_t piece, const std::string& parent, bool from_origin,
-                            const task::Sha256& got) {
+  if (!from_origin && got != hashes_[piece]) {
+    util::BufferPool::local().give_back(std::move(data));
+    pm().bad.inc();
+    bad_pieces_++;
+    ParentInfo& p = parents_[f.parent];
+    p.banned = true;
+    obs::log_warn("bad piece from parent: SHA-256 mismatch; parent dropped for this task")
+        .str("task", id_)
+        .num("piece", piece)
+        .str("parent", f.parent)
+        .str("addr", p.addr)
+        .str("expected", hex(hashes_[piece].data(), 32))
+        .str("got", hex(got.data(), 32));
+    report(f.parent, piece, ResultReq::Outcome::BadPiece);
+    tick();
+    return;
+  }
   have_.set(piece);
   uint32_t len = piece_len(piece);
   obs::log_debug("piece done")
       .str("task", id_)
       .num("piece", piece)
-      .str("from", from_origin ? "origin" : parent)
+      .str("from", from_origin ? "origin" : f.parent)
       .num("at_ms", static_cast<int64_t>(uv_now(e_.loop()) - start_ms_))
       .num("inflight", parent_inflight_)
       .num("parents", static_cast<int64_t>(parents_.size()));
@@ -607,9 +575,9 @@ void PeerTask::piece_stored(uint32_t piece, const std::string& parent, bool from
     t_->add_source_bytes(0, len);
     pm().bytes_peer.inc(len);
     pm().pieces_peer.inc();
-    if (parents_used_.insert(parent).second) pm().parents.inc();
-    parents_[parent].errors = 0;
-    report(parent, piece, ResultReq::Outcome::Ok, len);
+    if (parents_used_.insert(f.parent).second) pm().parents.inc();
+    parents_[f.parent].errors = 0;
+    report(f.parent, piece, ResultReq::Outcome::Ok, len);
   }
   assigned_.erase(piece);
   // End game: drop the other copies of this piece.
@@ -617,22 +585,78 @@ void PeerTask::piece_stored(uint32_t piece, const std::string& parent, bool from
   for (auto& kv : fetches_)
     if (kv.second.piece == piece) losers.push_back(kv.first);
   for (uint64_t fid : losers) cancel_fetch(fid);
-  while (contig_piece_ < n_ && have_.test(contig_piece_)) contig_piece_++;
+  HotPieces::Data bytes = HotPieces::wrap(std::move(data));
+  e_.hot().put(id_, piece, bytes);
+  write_piece(piece, std::move(bytes));
+  announce_dirty_ = true;
+  next_query_ms_ = 0;
+  tick();
+}
+
+// Writes a held piece in the thread pool; the contiguous prefix on disk then
+// goes to the ActiveTask, and the whole-object hash follows it.
+void PeerTask::write_piece(uint32_t piece, HotPieces::Data bytes) {
+  struct Job {
+    uv_work_t req{};
+    PeerTask* pt;
+    uint32_t piece;
+    HotPieces::Data bytes;  // released in the after-work callback, on the loop
+    std::string err;
+    int rc = 0;
+    uint64_t offset;
+    task::Writer* writer;
+  };
+  auto* j = new Job{};
+  j->req.data = j;
+  j->pt = this;
+  j->piece = piece;
+  j->bytes = std::move(bytes);
+  j->offset = offset_of(piece);
+  j->writer = writer_.get();
+  jobs_++;
+  int r = uv_queue_work(
+      e_.loop(), &j->req,
+      [](uv_work_t* req) {
+        auto* jj = static_cast<Job*>(req->data);
+        jj->rc = jj->writer->write(jj->bytes->data(), jj->bytes->size(), jj->offset, &jj->err);
+      },
+      [](uv_work_t* req, int) {
+        std::unique_ptr<Job> jj(static_cast<Job*>(req->data));
+        PeerTask* pt = jj->pt;
+        pt->jobs_--;
+        if (pt->state_ != State::Running) {
+          pt->maybe_free();
+          return;
+        }
+        if (jj->rc != 0) {
+          pt->fail("cannot store: " + jj->err);
+          return;
+        }
+        pt->piece_written(jj->piece);
+      });
+  if (r != 0) {
+    jobs_--;
+    delete j;
+    fail(std::string("thread pool: ") + uv_strerror(r));
+  }
+}
+
+void PeerTask::piece_written(uint32_t piece) {
+  on_disk_.set(piece);
+  e_.hot().written(id_, piece);
+  while (contig_piece_ < n_ && on_disk_.test(contig_piece_)) contig_piece_++;
   uint64_t contig = std::min<uint64_t>(offset_of(contig_piece_), length_);
   if (contig > reported_) {
     t_->add_stored(contig - reported_);
     reported_ = contig;
   }
-  announce_dirty_ = true;
-  next_query_ms_ = 0;
   hash_more();
-  tick();
 }
 
-// The whole object's SHA-256 follows the contiguous prefix, reading back
-// what was written (whole aligned blocks: the fd is O_DIRECT; the prefix
-// ends on a piece boundary, aligned, until the end), so it is ready when
-// the last piece lands.
+// The whole object's SHA-256 follows the contiguous prefix on disk, so it
+// is ready when the last piece lands. Pieces still in memory are hashed
+// from there; the others are read back (whole aligned blocks: the fd is
+// O_DIRECT; the prefix ends on a piece boundary, aligned, until the end).
 void PeerTask::hash_more() {
   if (hash_job_ || state_ != State::Running || hashed_ >= reported_) return;
   struct Job {
@@ -640,6 +664,10 @@ void PeerTask::hash_more() {
     PeerTask* pt;
     int fd;
     uint64_t from, to;
+    uint32_t psize;
+    // The range's pieces, in order: their bytes when still in memory, else
+    // null (read back from disk). Released in the after-work callback.
+    std::vector<HotPieces::Data> mem;
     EVP_MD_CTX* ctx;
     int err = 0;
   };
@@ -647,8 +675,14 @@ void PeerTask::hash_more() {
   j->req.data = j;
   j->pt = this;
   j->fd = read_fd_;
-  j->from = hashed_;
+  j->from = hashed_;  // a piece boundary; reported_ too, or the end
   j->to = reported_;
+  j->psize = psize_;
+  for (uint64_t at = hashed_; at < reported_; at += psize_) {
+    auto i = static_cast<uint32_t>(at / psize_);
+    HotPieces::Data d = e_.hot().get(id_, i);
+    j->mem.push_back(d && d->size() == piece_len(i) ? std::move(d) : nullptr);
+  }
   j->ctx = md(whole_);
   hash_job_ = true;
   jobs_++;
@@ -657,29 +691,38 @@ void PeerTask::hash_more() {
       [](uv_work_t* req) {
         auto* jj = static_cast<Job*>(req->data);
         constexpr size_t kBuf = 1 << 20, kAlign = task::kDirectAlign;
-        std::unique_ptr<char, void (*)(void*)> buf(static_cast<char*>(std::aligned_alloc(kAlign, kBuf)),
-                                                   std::free);
-        if (!buf || jj->from % kAlign != 0) {
+        // Kept for the thread's life: a fresh one per job would be mapped
+        // and faulted in page by page each time.
+        thread_local std::unique_ptr<char, void (*)(void*)> buf(
+            static_cast<char*>(std::aligned_alloc(kAlign, kBuf)), std::free);
+        if (!buf || jj->from % kAlign != 0 || jj->psize % kAlign != 0) {
           jj->err = buf ? EINVAL : ENOMEM;
           return;
         }
-        uint64_t at = jj->from;
-        while (at < jj->to) {
-          size_t want = static_cast<size_t>(std::min<uint64_t>(kBuf, jj->to - at));
-          size_t whole = (want + kAlign - 1) & ~(kAlign - 1);
-          ssize_t got = pread(jj->fd, buf.get(), whole, static_cast<off_t>(at));
-          if (got <= 0) {
-            jj->err = got < 0 ? errno : EIO;
-            return;
+        size_t k = 0;
+        for (uint64_t piece = jj->from; piece < jj->to; piece += jj->psize, ++k) {
+          uint64_t end = std::min<uint64_t>(piece + jj->psize, jj->to);
+          if (jj->mem[k]) {
+            EVP_DigestUpdate(jj->ctx, jj->mem[k]->data(), jj->mem[k]->size());
+            continue;
           }
-          // Whole blocks may reach past the prefix: hash only the prefix.
-          size_t use = std::min(static_cast<size_t>(got), want);
-          if (use < want && use % kAlign != 0) {
-            jj->err = EIO;  // short inside the prefix, off a block boundary
-            return;
+          for (uint64_t at = piece; at < end;) {
+            size_t want = static_cast<size_t>(std::min<uint64_t>(kBuf, end - at));
+            size_t whole = (want + kAlign - 1) & ~(kAlign - 1);
+            ssize_t got = pread(jj->fd, buf.get(), whole, static_cast<off_t>(at));
+            if (got <= 0) {
+              jj->err = got < 0 ? errno : EIO;
+              return;
+            }
+            // Whole blocks may reach past the prefix: hash only the prefix.
+            size_t use = std::min(static_cast<size_t>(got), want);
+            if (use < want && use % kAlign != 0) {
+              jj->err = EIO;  // short inside the prefix, off a block boundary
+              return;
+            }
+            EVP_DigestUpdate(jj->ctx, buf.get(), use);
+            at += use;
           }
-          EVP_DigestUpdate(jj->ctx, buf.get(), use);
-          at += use;
         }
       },
       [](uv_work_t* req, int) {
@@ -869,6 +912,7 @@ void PeerTask::fail(const std::string& why) {
   // object may fetch the rest from the origin with a Range request.
   t_->set_failed(why, false, true);
   e_.tasks().retire(t_);
+  e_.hot().drop_task(id_);  // its pieces are no longer served
   finish();
 }
 

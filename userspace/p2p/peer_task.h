@@ -8,16 +8,19 @@
 //              parent pieces, rarest first: ≤ 2 per parent, ≤ 2 × parallelParents
 //              end game: the last pieces are also asked of a second parent
 //              stalls (< stallRate over stallTime): cancel, avoid the parent
-//            piece fetched ─► thread pool: SHA-256 (checked against the
-//              scheduler's hash for parent pieces; published for origin
-//              pieces) and pwrite ─► have; the contiguous prefix goes to
-//              the ActiveTask; whole-object hash follows the prefix
+//            piece fetched (SHA-256 fed as its bytes arrive) ─► checked
+//              against the scheduler's hash (parent pieces) or published
+//              (origin pieces) ─► have: announced, served to other peers
+//              from memory (HotPieces) ─► thread pool: pwrite ─► on disk;
+//              the contiguous prefix on disk goes to the ActiveTask; the
+//              whole-object hash follows it (from memory where it can)
 //            all pieces + whole hash ok ─► verified ─► commit ─► Complete
 //
 // Ownership: the Engine creates it and lets go of it in finish(); from then
 // on it frees itself once its thread-pool jobs and its timer are done.
 #pragma once
 
+#include <openssl/evp.h>
 #include <uv.h>
 
 #include <cstdint>
@@ -28,6 +31,7 @@
 #include <vector>
 
 #include "shoal/p2p/engine.h"
+#include "shoal/p2p/hot_pieces.h"
 #include "shoal/p2p/http_call.h"
 #include "shoal/task/engine.h"
 
@@ -60,6 +64,9 @@ class PeerTask {
     uint64_t origin_handle = 0;
     uint64_t progress = 0;  // origin fetches: bytes so far
     uint64_t start_ms = 0, mark_ms = 0, mark_bytes = 0;
+    // SHA-256 of the body so far, fed as the bytes arrive: the piece's hash
+    // is ready the moment its last byte is.
+    std::shared_ptr<EVP_MD_CTX> sha;
   };
   struct ParentInfo {
     std::string addr;
@@ -82,9 +89,10 @@ class PeerTask {
   void start_parent(uint32_t piece, const std::string& parent);
   void start_origin(uint32_t piece);
   void on_parent_done(uint64_t fid, CallResult& r);
-  void on_origin_done(uint64_t fid, int error, const std::string& why, std::vector<char>& bytes);
-  void store_piece(uint32_t piece, std::string data, const std::string& parent, bool from_origin);
-  void piece_stored(uint32_t piece, const std::string& parent, bool from_origin, const task::Sha256& got);
+  void on_origin_done(uint64_t fid, int error, const std::string& why, std::string& bytes);
+  void piece_arrived(const Fetch& f, std::string data);
+  void write_piece(uint32_t piece, HotPieces::Data bytes);
+  void piece_written(uint32_t piece);
   void cancel_fetch(uint64_t fid);
   void stall_check();
   void report(const std::string& parent, uint32_t piece, ResultReq::Outcome o, uint64_t bytes = 0,
@@ -111,7 +119,9 @@ class PeerTask {
   bool timer_closed_ = false;
   uv_timer_t timer_{};
 
-  Bitmap have_, hash_known_, from_origin_, verifying_;
+  // have_: verified (in memory until written, then on disk too); on_disk_:
+  // written, what the client and the whole-object hash may read.
+  Bitmap have_, on_disk_, hash_known_, from_origin_;
   std::vector<task::Sha256> hashes_;
   std::vector<uint8_t> fetching_;
   std::vector<uint32_t> rank_;  // tie-break among equally rare pieces

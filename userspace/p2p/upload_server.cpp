@@ -71,6 +71,10 @@ struct Metrics {
   obs::Counter& bytes = obs::metrics().counter("shoal_upload_bytes_total", "Piece bytes sent to other peers");
   obs::Counter& pieces =
       obs::metrics().counter("shoal_upload_pieces_total", "Pieces sent whole to other peers");
+  obs::Counter& from_memory = obs::metrics().counter(
+      "shoal_upload_started_total", "Piece uploads started, by where the bytes came from", "from=\"memory\"");
+  obs::Counter& from_disk = obs::metrics().counter(
+      "shoal_upload_started_total", "Piece uploads started, by where the bytes came from", "from=\"disk\"");
   obs::Counter& forbidden = obs::metrics().counter(
       "shoal_upload_rejected_total", "Piece requests refused, by reason", "reason=\"forbidden\"");
   obs::Counter& busy = obs::metrics().counter("shoal_upload_rejected_total",
@@ -211,6 +215,7 @@ struct Conn : http::Handler {
   void pump();
   void tokens_granted();
   void read_done(ssize_t got);
+  void send_step(const char* bytes);
   void write_done(int status);
   void piece_done();
   void after_response();
@@ -521,7 +526,8 @@ void Conn::start_piece() {
     writing = true;
     return;
   }
-  if (!buf) {
+  (ref.data ? m().from_memory : m().from_disk).inc();
+  if (!buf && !ref.data) {
     buf.reset(static_cast<char*>(std::aligned_alloc(task::kDirectAlign, kChunk + 2 * task::kDirectAlign)));
     if (!buf) {
       obs::log_error("upload: no memory for a read buffer").str("peer", peer);
@@ -544,6 +550,12 @@ void Conn::pump() {
     return;
   }
   step = n;
+  if (ref.data) {
+    // In memory (hot_pieces.h): straight to the socket; ref keeps the
+    // bytes alive until the piece is released, after its last write.
+    last_activity_ms = now_ms();
+    return send_step(ref.data->data() + sent);
+  }
   constexpr uint64_t kAlign = task::kDirectAlign;
   uint64_t at = ref.offset + sent;
   uint64_t first = at & ~(kAlign - 1);
@@ -593,10 +605,15 @@ void Conn::read_done(ssize_t got) {
   // Whole blocks may reach past the step (into the next piece): only the
   // step's own bytes go out.
   if (static_cast<uint64_t>(got) - skip < step) step = static_cast<uint32_t>(got - skip);
+  send_step(buf.get() + skip);
+}
+
+// The step's bytes, behind the 200 head when this is the first step.
+void Conn::send_step(const char* bytes) {
   uv_buf_t bufs[2];
   unsigned nbufs = 0;
   if (!out.empty()) bufs[nbufs++] = uv_buf_init(out.data(), static_cast<unsigned>(out.size()));
-  bufs[nbufs++] = uv_buf_init(buf.get() + skip, step);
+  bufs[nbufs++] = uv_buf_init(const_cast<char*>(bytes), step);  // libuv's type; only read
   if (send(bufs, nbufs) != 0) return close_conn(true);
   writing = true;
 }
@@ -633,6 +650,7 @@ void Conn::release_piece() {
   if (holding) {
     holding = false;
     srv->source->release_piece(ref);
+    ref = PieceRef{};  // a piece in memory is not kept alive by an idle connection
   }
 }
 

@@ -5,6 +5,7 @@
 
 #include "shoal/obs/log.h"
 #include "shoal/proxy/runtime.h"
+#include "shoal/util/buffer_pool.h"
 #include "upstream.h"
 
 namespace shoal::proxy {
@@ -18,7 +19,8 @@ constexpr int kMaxRedirects = 10;
 class RangeFetch : public UpstreamOwner, public http::Handler {
  public:
   RangeFetch(Worker& w, OriginRangeFetcher& f, uint64_t handle, const p2p::OriginRequest& req,
-             uint64_t offset, uint64_t len, uint64_t total, uint64_t* progress, p2p::OriginFetcher::Done done)
+             uint64_t offset, uint64_t len, uint64_t total, uint64_t* progress, p2p::OriginFetcher::Done done,
+             p2p::OriginFetcher::Observe observe)
       : w_(w),
         f_(f),
         handle_(handle),
@@ -27,16 +29,22 @@ class RangeFetch : public UpstreamOwner, public http::Handler {
         len_(len),
         total_(total),
         progress_(progress),
-        done_(std::move(done)) {
+        done_(std::move(done)),
+        observe_(std::move(observe)) {
     uv_timer_init(w_.loop(), &timer_);
     timer_.data = this;
   }
+
+  // Freed on the loop thread: bytes the owner did not take go back to the
+  // loop's pool.
+  ~RangeFetch() override { util::BufferPool::local().give_back(std::move(bytes_)); }
 
   void start() { request(); }
 
   // No callback after this; the object frees itself.
   void cancel() {
     done_ = nullptr;
+    observe_ = nullptr;
     progress_ = nullptr;  // the owner's counter goes away with its fetch
     finish(UV_ECANCELED, "cancelled");
   }
@@ -132,14 +140,15 @@ class RangeFetch : public UpstreamOwner, public http::Handler {
     } else {
       return fail_cb("origin answered HTTP " + std::to_string(head.status));
     }
-    bytes_.reserve(static_cast<size_t>(len_));
+    if (bytes_.capacity() < len_) bytes_ = util::BufferPool::local().take(static_cast<size_t>(len_));
     return 0;
   }
   int on_body(const char* data, size_t len) override {
     if (!location_.empty()) return 0;
     if (bytes_.size() + len > len_) return fail_cb("origin sent more than the range");
-    bytes_.insert(bytes_.end(), data, data + len);
+    bytes_.append(data, len);
     if (progress_) *progress_ += len;
+    if (observe_) observe_(data, len);
     return 0;
   }
   int on_message_complete() override {
@@ -255,9 +264,10 @@ class RangeFetch : public UpstreamOwner, public http::Handler {
   uint64_t offset_, len_, total_;
   uint64_t* progress_;
   p2p::OriginFetcher::Done done_;
+  p2p::OriginFetcher::Observe observe_;
   Upstream* up_ = nullptr;
   uv_timer_t timer_{};
-  std::vector<char> bytes_;
+  std::string bytes_;
   std::string location_;
   bool redirect_ = false;
   int redirects_ = 0;
@@ -270,9 +280,10 @@ class RangeFetch : public UpstreamOwner, public http::Handler {
 OriginRangeFetcher::~OriginRangeFetcher() = default;
 
 uint64_t OriginRangeFetcher::fetch(const p2p::OriginRequest& req, uint64_t offset, uint64_t len,
-                                   uint64_t total, uint64_t* progress, Done done) {
+                                   uint64_t total, uint64_t* progress, Done done, Observe observe) {
   uint64_t h = next_++;
-  auto* rf = new RangeFetch(w_, *this, h, req, offset, len, total, progress, std::move(done));
+  auto* rf =
+      new RangeFetch(w_, *this, h, req, offset, len, total, progress, std::move(done), std::move(observe));
   live_[h] = rf;
   rf->start();
   return h;

@@ -23,7 +23,7 @@ class OriginRangeFetcher : public p2p::OriginFetcher {
   explicit OriginRangeFetcher(Worker& w) : w_(w) {}
   ~OriginRangeFetcher() override;
   uint64_t fetch(const p2p::OriginRequest& req, uint64_t offset, uint64_t len, uint64_t total,
-                 uint64_t* progress, Done done) override;
+                 uint64_t* progress, Done done, Observe observe) override;
   void cancel(uint64_t handle) override;
   void finished(uint64_t handle);  // RangeFetch: done has run
 

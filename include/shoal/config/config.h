@@ -158,6 +158,7 @@ struct Config {
   double stall_time_s = 5.0;        // p2p.stallTime (duration, like other durations in the file)
   bool peer_tls = false;            // p2p.tls: piece links over TLS keyed by the cluster secret
   double peer_keepalive_s = 20.0;   // p2p.keepAlive: idle connections kept (0..55 s; 0 = none)
+  uint64_t peer_piece_memory = uint64_t{64} << 20;  // p2p.pieceMemory: written pieces kept in memory (bytes)
   // Scheduler role (schedulerServer.*), read by `shoald scheduler`.
   Endpoint scheduler_listen{"0.0.0.0", 8002};  // schedulerServer.listen
   std::string scheduler_secret_file;           // schedulerServer.clusterSecretFile

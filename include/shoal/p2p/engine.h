@@ -59,13 +59,17 @@ class OriginFetcher {
  public:
   virtual ~OriginFetcher() = default;
   // error 0: bytes holds exactly the range; else why says what went wrong.
-  using Done = std::function<void(int error, const std::string& why, std::vector<char>& bytes)>;
+  // bytes comes from the loop thread's util::BufferPool; done may keep it.
+  using Done = std::function<void(int error, const std::string& why, std::string& bytes)>;
+  // Sees the range's bytes as they arrive (redirect bodies excluded).
+  using Observe = std::function<void(const char* data, size_t len)>;
   // Fetches [offset, offset + len) of an object of total bytes with a Range
   // request (following redirects). done runs once, never inside fetch(),
   // unless cancel(handle) ran first. *progress (may be null) counts bytes as
-  // they arrive, for stall detection; it must outlive the fetch.
+  // they arrive, for stall detection; it must outlive the fetch. observe
+  // (may be empty) is not called after cancel(handle).
   virtual uint64_t fetch(const OriginRequest& req, uint64_t offset, uint64_t len, uint64_t total,
-                         uint64_t* progress, Done done) = 0;
+                         uint64_t* progress, Done done, Observe observe) = 0;
   virtual void cancel(uint64_t handle) = 0;
 };
 
@@ -89,8 +93,13 @@ struct EngineOptions {
   // p2p.keepAlive: how long an idle connection to a parent or scheduler is
   // kept for the next request; 0: a connection per request.
   uint64_t keepalive_ms = 20000;
+  // p2p.pieceMemory: bytes of verified, written pieces kept in memory to
+  // serve other peers from (hot_pieces.h); pieces not yet written are held
+  // whatever this says.
+  uint64_t piece_memory = 64u << 20;
 };
 
+class HotPieces;
 class LinkPool;
 class PeerTask;
 class PeerTls;
@@ -132,6 +141,7 @@ class Engine {
   // when p2p.keepAlive is 0 (a connection per request).
   LinkPool* links() { return opts_.keepalive_ms > 0 ? links_.get() : nullptr; }
   const EngineOptions& options() const { return opts_; }
+  HotPieces& hot() { return *hot_; }
   Signer& signer() { return *signer_; }
   // The configuration piece requests speak TLS with; null when p2p.tls is
   // off.
@@ -159,6 +169,7 @@ class Engine {
   std::string tls_error_;         // why tls_ could not be built; start() reports it
   std::unique_ptr<Verifier> verifier_;
   std::unique_ptr<LinkPool> links_;  // before sched_: its calls use it
+  std::unique_ptr<HotPieces> hot_;
   std::unique_ptr<SchedulerClient> sched_;
   std::unique_ptr<Source> source_;
   std::unique_ptr<UploadServer> upload_;

@@ -115,6 +115,10 @@ class HttpCall {
                          LinkPool* pool = nullptr);
   // No callback after this; the call frees itself.
   void cancel();
+  // fn sees the answer's body bytes as they arrive (whatever the status),
+  // before done runs: a piece can be hashed while it comes in. Set it right
+  // after start(), before the loop runs again.
+  void observe_body(std::function<void(const char*, size_t)> fn) { observe_ = std::move(fn); }
   // Body bytes received so far (stall detection).
   uint64_t received() const { return received_; }
 
@@ -140,6 +144,7 @@ class HttpCall {
 
   uv_loop_t* loop_ = nullptr;
   uv_timer_t timer_{};
+  std::function<void(const char*, size_t)> observe_;
   std::string addr_, key_;
   uint32_t mark_ = 0;
   LinkPool* pool_ = nullptr;

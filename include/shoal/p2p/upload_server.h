@@ -35,11 +35,12 @@ class ServerConfig;
 
 namespace shoal::p2p {
 
-// Where the bytes of a piece are: an fd to pread from. The source decides
-// whether the piece is held (verified) and keeps the data readable until
-// release() (an in-progress download's file, or a stored task pinned
-// against GC).
+// Where the bytes of a piece are: in memory (data), or an fd to pread
+// from. The source decides whether the piece is held (verified) and keeps
+// the fd readable until release() (an in-progress download's file, or a
+// stored task pinned against GC).
 struct PieceRef {
+  std::shared_ptr<const std::string> data;  // the whole piece; then fd is -1
   int fd = -1;
   uint64_t offset = 0;  // of the piece in the file
   uint32_t length = 0;  // the piece's length (the last piece may be short)

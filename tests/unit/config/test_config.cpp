@@ -837,6 +837,7 @@ void test_p2p_defaults(void**) {
   assert_true(c.stall_time_s == 5.0);
   assert_false(c.peer_tls);
   assert_true(c.peer_keepalive_s == 20.0);
+  assert_int_equal(c.peer_piece_memory, 64u << 20);
   assert_string_equal(c.scheduler_listen.addr.c_str(), "0.0.0.0");
   assert_int_equal(c.scheduler_listen.port, 8002);
   assert_string_equal(c.scheduler_secret_file.c_str(), "");
@@ -872,6 +873,7 @@ void test_p2p_keys(void**) {
       "  stallTime: 1m30s\n"
       "  tls: true\n"
       "  keepAlive: 45s\n"
+      "  pieceMemory: 1Gi\n"
       "schedulerServer:\n"
       "  listen: 10.0.0.5:8002\n"
       "  clusterSecretFile: /etc/shoal/cluster.key\n"
@@ -900,6 +902,7 @@ void test_p2p_keys(void**) {
   assert_true(c.stall_time_s == 90.0);
   assert_true(c.peer_tls);
   assert_true(c.peer_keepalive_s == 45.0);
+  assert_int_equal(c.peer_piece_memory, 1ull << 30);
   assert_string_equal(c.scheduler_listen.addr.c_str(), "10.0.0.5");
   assert_int_equal(c.scheduler_listen.port, 8002);
   assert_string_equal(c.scheduler_secret_file.c_str(), "/etc/shoal/cluster.key");
@@ -932,7 +935,8 @@ void test_p2p_errors(void**) {
       "  parallelParents: 65\n"
       "  stallRate: 0\n"
       "  stallTime: 0s\n"
-      "  keepAlive: 1m\n");
+      "  keepAlive: 1m\n"
+      "  pieceMemory: 17Gi\n");
   assert_false(r.ok());
   expect_diag(r, "p2p.schedulers[0]", 2, 16, "host must be an IP address literal");
   expect_diag(r, "p2p.schedulers[1]", 2, 40, "expected host:port");
@@ -951,8 +955,9 @@ void test_p2p_errors(void**) {
   expect_diag(r, "p2p.stallRate", 12, 14, "must be more than zero");
   expect_diag(r, "p2p.stallTime", 13, 14, "must be more than zero");
   expect_diag(r, "p2p.keepAlive", 14, 14, "must be 0 (off) to 55s");
-  if (count(r, false) != 17) dump(r);
-  assert_int_equal(count(r, false), 17);
+  expect_diag(r, "p2p.pieceMemory", 15, 16, "expected a size from 0 to 16Gi");
+  if (count(r, false) != 18) dump(r);
+  assert_int_equal(count(r, false), 18);
   // The wrong shapes.
   const LoadResult shapes = load(
       "p2p:\n  schedulers: 10.0.0.5:8002\n  labels: [a]\n  uploadSlots: many\n  stallTime: soon\n"

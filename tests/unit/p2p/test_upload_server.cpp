@@ -48,6 +48,10 @@ constexpr uint64_t kFileSize = 2ull * kPieceSize + 123457;
 // A piece too large for the socket buffers, from a sparse file (zeros).
 constexpr uint32_t kBigIndex = 7;
 constexpr uint32_t kBigSize = 32u << 20;
+// Pieces held in memory (PieceRef::data) instead of a file: a normal one
+// and one too large for the socket buffers.
+constexpr uint32_t kMemIndex = 10;
+constexpr uint32_t kMemBigIndex = 11;
 
 std::string g_data;  // the file's bytes
 std::string g_dir;
@@ -64,7 +68,10 @@ class FakeSource : public PieceSource {
   bool open_piece(const std::string& task_id, uint32_t index, PieceRef* out) override {
     if (task_id != kTask) return false;
     PieceRef r;
-    if (index == kBigIndex) {
+    if (index == kMemIndex || index == kMemBigIndex) {
+      r.data = index == kMemIndex ? mem : mem_big;
+      r.length = static_cast<uint32_t>(r.data->size());
+    } else if (index == kBigIndex) {
       r.fd = g_big_fd;
       r.offset = 0;
       r.length = kBigSize;
@@ -87,6 +94,15 @@ class FakeSource : public PieceSource {
     std::lock_guard<std::mutex> lk(mu);
     if (held.erase(ref.token) != 1) bad_releases++;
     releases++;
+  }
+
+  // The server must hold these only while it sends them (use_count).
+  std::shared_ptr<const std::string> mem = std::make_shared<const std::string>(mem_bytes(kPieceSize + 4321));
+  std::shared_ptr<const std::string> mem_big = std::make_shared<const std::string>(mem_bytes(kBigSize));
+  static std::string mem_bytes(size_t n) {
+    std::string s(n, '\0');
+    for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 40503u) >> 7);
+    return s;
   }
 
   std::mutex mu;
@@ -406,21 +422,26 @@ void test_busy(void**) {
   assert_int_equal(counter("shoal_upload_rejected_total{reason=\"busy\"}") - busy_before, 1);
 }
 
-// 4 MiB at 8 MiB/s: the burst (0.8 MiB) goes at once, the rest takes 0.4 s.
-void test_rate_limit(void**) {
-  Harness h({16, 8u << 20});
-  Resp r;
+// One piece on a new connection, timed from the request to its last byte.
+bool timed_fetch(Harness& h, uint32_t index, Resp* r, double* seconds) {
   bool ok = false;
-  double seconds = 0;
   h.run([&] {
     int fd = dial(h.port);
     std::string carry;
     auto t0 = std::chrono::steady_clock::now();
-    ok = fd >= 0 && send_all(fd, signed_request(piece_path(0))) && read_response(fd, &carry, &r);
-    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ok = fd >= 0 && send_all(fd, signed_request(piece_path(index))) && read_response(fd, &carry, r);
+    *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ::close(fd);
   });
-  assert_true(ok);
+  return ok;
+}
+
+// 4 MiB at 8 MiB/s: the burst (0.8 MiB) goes at once, the rest takes 0.4 s.
+void test_rate_limit(void**) {
+  Harness h({16, 8u << 20});
+  Resp r;
+  double seconds = 0;
+  assert_true(timed_fetch(h, 0, &r, &seconds));
   assert_int_equal(r.status, 200);
   assert_true(r.body == expected_piece(0));
   std::printf("  4 MiB at 8 MiB/s took %.3f s\n", seconds);
@@ -499,6 +520,71 @@ void test_rate_limit_small_steps(void**) {
   std::printf("  32 KiB of each of two pieces at 1 MiB/s: %.3f s and %.3f s\n", first[0], first[1]);
   assert_true(first[0] < 0.5);
   assert_true(first[1] < 0.5);
+}
+
+// A piece held in memory goes out without a file read, whole, counted as
+// from memory; once it is out the server keeps no reference to it.
+void test_memory_piece(void**) {
+  Harness h({});
+  uint64_t mem_before = counter("shoal_upload_started_total{from=\"memory\"}");
+  uint64_t disk_before = counter("shoal_upload_started_total{from=\"disk\"}");
+  Resp a, b;
+  bool ok = false;
+  long refs_after = -1;
+  h.run([&] {
+    int fd = dial(h.port);
+    std::string carry;
+    ok = fd >= 0 && send_all(fd, signed_request(piece_path(kMemIndex))) && read_response(fd, &carry, &a);
+    // The connection stays open, idle: it must not pin the piece.
+    ok = ok && wait_until([&] { return h.source.releases.load() == 1; });
+    refs_after = h.source.mem.use_count();
+    ok = ok && send_all(fd, signed_request(piece_path(1))) && read_response(fd, &carry, &b);
+    ::close(fd);
+  });
+  assert_true(ok);
+  assert_int_equal(a.status, 200);
+  assert_true(a.has_header("Content-Length: " + std::to_string(h.source.mem->size())));
+  assert_true(a.body == *h.source.mem);
+  assert_true(b.body == expected_piece(1));
+  assert_int_equal(counter("shoal_upload_started_total{from=\"memory\"}") - mem_before, 1);
+  assert_int_equal(counter("shoal_upload_started_total{from=\"disk\"}") - disk_before, 1);
+  assert_int_equal(refs_after, 1);
+  assert_int_equal(h.source.bad_releases.load(), 0);
+}
+
+// From memory the rate limit holds as from a file: 4 MiB at 8 MiB/s.
+void test_memory_rate_limit(void**) {
+  Harness h({16, 8u << 20});
+  Resp r;
+  double seconds = 0;
+  assert_true(timed_fetch(h, kMemIndex, &r, &seconds));
+  assert_true(r.body == *h.source.mem);
+  std::printf("  4 MiB from memory at 8 MiB/s took %.3f s\n", seconds);
+  assert_true(seconds >= 0.36);
+  assert_true(seconds < 3.0);
+}
+
+// A client that goes away in the middle of a piece from memory: released
+// once, and no reference is left behind.
+void test_memory_disconnect(void**) {
+  Harness h({1, 0});
+  Resp part;
+  bool ok = false, released = false;
+  long refs_after = -1;
+  h.run([&] {
+    int a = dial(h.port, 16 * 1024);
+    std::string ca;
+    ok =
+        a >= 0 && send_all(a, signed_request(piece_path(kMemBigIndex))) && read_response(a, &ca, &part, 1000);
+    ::close(a);
+    released = wait_until([&] { return h.source.releases.load() == 1; });
+    refs_after = h.source.mem_big.use_count();
+  });
+  assert_true(ok);
+  assert_true(released);
+  assert_int_equal(part.status, 200);
+  assert_int_equal(refs_after, 1);
+  assert_int_equal(h.source.bad_releases.load(), 0);
 }
 
 // A client that goes away mid-piece: the piece is released once, the slot
@@ -752,6 +838,9 @@ int run_upload_server_tests() {
       cmocka_unit_test(test_rate_limit_shared),
       cmocka_unit_test(test_rate_limit_small_steps),
       cmocka_unit_test(test_client_disconnect),
+      cmocka_unit_test(test_memory_piece),
+      cmocka_unit_test(test_memory_rate_limit),
+      cmocka_unit_test(test_memory_disconnect),
       cmocka_unit_test(test_close_in_flight),
       cmocka_unit_test(test_disconnect_during_read),
       cmocka_unit_test(test_close_during_read),
