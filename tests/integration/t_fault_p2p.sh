@@ -7,6 +7,9 @@
 #      same Range, the client gets 200 and every byte;
 #      it stalls in mid-piece (p2p.stallTime 1s): the piece is cancelled
 #      and asked for again, the client gets every byte;
+#      it closes each kept-alive connection when the next request comes
+#      (dropnext): that request goes again on a new connection, no piece
+#      fails;
 #   b. an object named by its URL (/obj) changes after a reset: its pieces
 #      carry If-Range, the origin answers 200, the download fails and the
 #      client's transfer fails too (its own Range request for the rest
@@ -193,6 +196,26 @@ pull a2 "$A_PROXY" "$URL?size=$((12 << 20 | 1))&stallat=$((P + P / 2))"
 assert_whole a2 $((12 << 20 | 1))
 assert_log_has ".msg == \"piece fetch stalled; trying elsewhere\" and .task == \"$HEX\" and .piece == 1 and .from == \"origin\"" "$A_LOG"
 assert_eq "$(ranges "$HEX" | grep -o "bytes=$P-$((2 * P - 1))" | wc -l)" 2 "a2: Range requests for the stalled piece"
+
+info "a3. the origin closes each kept-alive connection as the next request arrives: asked again on a new one"
+n3=$((12 << 20 | 2))
+blob "$n3"
+series='shoal_origin_range_requests_total{connection="reused"}'
+reused0=$(metric_of "$A_METRICS" "$series")
+pull a3 "$A_PROXY" "$URL?size=$n3&dropnext=1"
+assert_whole a3 "$n3"
+reused1=$(metric_of "$A_METRICS" "$series")
+[ "$((reused1 - reused0))" -ge 1 ] || fail "a3: no piece request went on a kept-alive connection"
+want=$(for ((i = 0; i * P < n3; i++)); do
+  end=$(((i + 1) * P - 1))
+  [ "$end" -lt "$n3" ] || end=$((n3 - 1))
+  echo "bytes=$((i * P))-$end"
+done | sort | tr '\n' ' ')
+# The dropped requests are not answered (nor logged): each piece once.
+assert_eq "$(ranges "$HEX")" "$want" "a3: the origin's answered Range requests"
+if jq -e --arg t "$HEX" 'select(.msg == "piece fetch from the origin failed" and .task == $t)' "$A_LOG" >/dev/null; then
+  fail "a3: a piece failed although only kept-alive connections were closed"
+fi
 
 info "b. an object named by its URL changes after a reset: If-Range, no splice"
 pull b "$A_PROXY" "$base/obj?size=$n&resetat=$((P + P / 2))&change=1&key=b"

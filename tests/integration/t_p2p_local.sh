@@ -145,6 +145,17 @@ pieces=$(((size + (2 << 20) - 1) >> 21))
 assert_eq "$(log_since "$SHOAL_TEST_BLOBS_LOG" "$store_mark" | jq -s '[.[] | select(.auth == "yes")] | length')" 0 \
   "blob-store requests carrying the registry token"
 
+# A's pieces from the origin share kept-alive connections. The registry
+# redirects every blob GET to its blob store: two requests a piece, on at
+# most two connections to each (two Range fetches in flight per task).
+scrape=$(curl -sf "http://127.0.0.1:$A_METRICS/metrics") || fail "peer A metrics"
+o_new=$(awk '$1 == "shoal_origin_range_requests_total{connection=\"new\"}" { print $2 }' <<<"$scrape")
+o_reused=$(awk '$1 == "shoal_origin_range_requests_total{connection=\"reused\"}" { print $2 }' <<<"$scrape")
+info "peer A's Range requests to the origin: ${o_new:-?} on new connections, ${o_reused:-?} on kept-alive ones"
+[ "$((${o_new:-0} + ${o_reused:-0}))" -ge $((2 * pieces)) ] || fail "peer A sent fewer than two Range requests a piece"
+[ "${o_new:-99}" -le 4 ] || fail "peer A opened ${o_new:-?} connections to the origin (want <= 4)"
+[ "${o_reused:-0}" -ge $((2 * pieces - 4)) ] || fail "peer A reused origin connections ${o_reused:-?} times (want >= $((2 * pieces - 4)))"
+
 info "peer B pulls the same layer: every piece from peer A"
 store_mark=$(log_mark "$SHOAL_TEST_BLOBS_LOG")
 code=$(pull "$B_PROXY" "$TEST_TMP/b.body") || fail "peer B pull failed"
@@ -275,7 +286,9 @@ st=$("$BUILD/shoalctl" --socket "$A_ADMIN" --json status) || fail "shoalctl stat
 assert_eq "$(jq -r '.p2p.schedulers[0].address' <<<"$st")" "127.0.0.1:$sched_port" "status: scheduler address"
 assert_eq "$(jq -r '.p2p.schedulers[0].reachable' <<<"$st")" true "status: scheduler reachable"
 assert_eq "$(jq -r '.listeners[] | select(.kind == "peer") | .address' <<<"$st")" "127.0.0.1:$A_PEER" "status: peer listener"
-"$BUILD/shoalctl" --socket "$A_ADMIN" status | grep -q "scheduler 127.0.0.1:$sched_port reachable" ||
+# Captured first: under pipefail, grep -q leaving early could fail the pipe.
+table=$("$BUILD/shoalctl" --socket "$A_ADMIN" status) || fail "shoalctl status (table) on peer A failed"
+grep -q "scheduler 127.0.0.1:$sched_port reachable" <<<"$table" ||
   fail "shoalctl status (table) does not show the scheduler as reachable"
 
 info "a swarm with another length: peer A fetches from the origin"

@@ -152,6 +152,7 @@ int Engine::start(std::string* err) {
 
 void Engine::stop(std::function<void()> done) {
   stopping_ = true;
+  origin_->close_idle();
   std::vector<PeerTask*> all;
   for (auto& kv : downloads_) all.push_back(kv.second);
   for (auto* pt : all) pt->abort("shoald is stopping");

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "shoal/obs/log.h"
+#include "shoal/obs/metrics.h"
 #include "shoal/proxy/runtime.h"
 #include "shoal/util/buffer_pool.h"
 #include "upstream.h"
@@ -12,6 +13,16 @@ namespace shoal::proxy {
 namespace {
 constexpr uint64_t kIdleTimeoutMs = 60 * 1000;  // no byte from the origin this long: give up
 constexpr int kMaxRedirects = 10;
+
+obs::Counter& range_requests(bool reused) {
+  static obs::Counter& fresh = obs::metrics().counter(
+      "shoal_origin_range_requests_total", "Range requests for P2P pieces sent to origins, by connection",
+      "connection=\"new\"");
+  static obs::Counter& kept = obs::metrics().counter(
+      "shoal_origin_range_requests_total", "Range requests for P2P pieces sent to origins, by connection",
+      "connection=\"reused\"");
+  return reused ? kept : fresh;
+}
 }  // namespace
 
 // One Range GET (and its redirects). Owned by the fetcher's table until
@@ -60,6 +71,7 @@ class RangeFetch : public UpstreamOwner, public http::Handler {
   }
   void upstream_failed(Upstream* u, const std::string& why) override {
     if (u != up_) return;
+    if (retry_fresh()) return;
     finish(UV_EPROTO, why);
   }
   void upstream_data(Upstream* u, const char* data, size_t n) override {
@@ -96,14 +108,15 @@ class RangeFetch : public UpstreamOwner, public http::Handler {
     if (u != up_ || finished_) return;
     closed(u);
   }
-  // The origin closed (we asked it to, with Connection: close): fine after
-  // a redirect, which is followed on a new connection; else the answer was
-  // cut short.
+  // The origin closed: fine after a redirect, which is followed on a new
+  // connection; on a kept-alive connection before any answer, the origin
+  // closed it as we sent (retry_fresh); else the answer was cut short.
   void closed(Upstream* u) {
     if (redirect_) {
       follow();
       return;
     }
+    if (retry_fresh()) return;
     u->parser->feed_eof();
     if (!finished_) finish(UV_EPROTO, "origin closed the connection early");
   }
@@ -118,8 +131,10 @@ class RangeFetch : public UpstreamOwner, public http::Handler {
 
   // http::Handler (responses).
   int on_head(http::MessageHead& head) override {
+    answered_ = true;
     if (head.status < 200) return 0;
     status_ = head.status;
+    keep_ = head.keep_alive && head.content_length >= 0;
     if (head.status >= 300 && head.status < 400 && head.status != 304) {
       const std::string* loc = head.find("Location");
       if (!loc) return fail_cb("redirect without Location");
@@ -189,7 +204,8 @@ class RangeFetch : public UpstreamOwner, public http::Handler {
       finish(UV_EPROTO, std::string("bad response from origin: ") + up_->parser->error_detail());
   }
 
-  void request() {
+  // fresh: a new connection even when one is idle (the retry).
+  void request(bool fresh = false) {
     std::shared_ptr<tls::ClientConfig> cfg;
     auto rt = w_.runtime();
     if (req_.https)
@@ -197,17 +213,44 @@ class RangeFetch : public UpstreamOwner, public http::Handler {
     status_ = 0;
     location_.clear();
     redirect_ = false;
-    up_ = Upstream::open(w_, this, req_.host, req_.port, req_.https, std::move(cfg), this, req_.dial);
-    if (!up_->fail_reason.empty()) {
-      finish(UV_EPROTO, up_->fail_reason);
-      return;
+    keep_ = answered_ = false;
+    // The configuration is part of the key: after a reload changes the
+    // trust for this origin, older connections are not reused.
+    char cfg_id[32];
+    std::snprintf(cfg_id, sizeof cfg_id, "%p", static_cast<const void*>(cfg.get()));
+    key_ = host_port(req_.host, req_.port) + (req_.https ? " tls " : " tcp ") + req_.dial + " " + cfg_id;
+    up_ = fresh ? nullptr : f_.take_idle(key_);
+    reused_ = up_ != nullptr;
+    range_requests(reused_).inc();
+    if (reused_) {
+      up_->owner = this;
+      up_->parser = std::make_unique<http::Parser>(http::Parser::Kind::Response, this);
+    } else {
+      up_ = Upstream::open(w_, this, req_.host, req_.port, req_.https, std::move(cfg), this, req_.dial);
+      if (!up_->fail_reason.empty()) {
+        finish(UV_EPROTO, up_->fail_reason);
+        return;
+      }
     }
     std::vector<http::Header> hs = req_.headers;
     hs.push_back({"Range", "bytes=" + std::to_string(offset_) + "-" + std::to_string(offset_ + len_ - 1)});
-    hs.push_back({"Connection", "close"});
     std::string out = http::serialize_request_head("GET", req_.path, hs);
     up_->send(out.data(), out.size());
     arm();
+  }
+
+  // A kept-alive connection that failed or closed before any answer came
+  // back (the origin closed it as the request went out): once, the same
+  // request on a new connection. False when that does not apply.
+  bool retry_fresh() {
+    if (!reused_ || answered_ || finished_) return false;
+    obs::log_debug("origin closed a kept-alive connection; asking again on a new one")
+        .str("host", req_.host)
+        .num("offset", static_cast<int64_t>(offset_));
+    up_->release();
+    up_ = nullptr;
+    request(/*fresh=*/true);
+    return true;
   }
 
   void follow() {
@@ -226,7 +269,12 @@ class RangeFetch : public UpstreamOwner, public http::Handler {
     req_.port = t.port;
     req_.https = t.https;
     req_.path = t.path;
-    up_->release();
+    // The redirect was a whole answer: its connection may serve the next
+    // piece's first request (registries redirect every blob GET).
+    if (keep_ && up_->st == Upstream::St::Ready && !up_->side.eof)
+      f_.park(up_, key_);
+    else
+      up_->release();
     up_ = nullptr;
     bytes_.clear();
     request();
@@ -238,7 +286,12 @@ class RangeFetch : public UpstreamOwner, public http::Handler {
     error_ = error;
     why_ = why;
     if (up_) {
-      up_->release();
+      // A whole answer the origin allows to keep the connection after: the
+      // next piece goes on it. Anything else closes it.
+      if (error == 0 && keep_ && !redirect_ && up_->st == Upstream::St::Ready && !up_->side.eof)
+        f_.park(up_, key_);
+      else
+        up_->release();
       up_ = nullptr;
     }
     uv_timer_stop(&timer_);
@@ -272,12 +325,87 @@ class RangeFetch : public UpstreamOwner, public http::Handler {
   bool redirect_ = false;
   int redirects_ = 0;
   int status_ = 0;
+  std::string key_;        // which idle connections fit this request
+  bool reused_ = false;    // up_ came from the fetcher's idle connections
+  bool answered_ = false;  // a response head arrived on up_
+  bool keep_ = false;      // the answer allows another request on up_
   bool finished_ = false;
   int error_ = 0;
   std::string why_;
 };
 
-OriginRangeFetcher::~OriginRangeFetcher() = default;
+// Owns the idle connections: anything from one (bytes, a close, an error)
+// ends it.
+class OriginRangeFetcher::IdleOwner : public UpstreamOwner {
+ public:
+  explicit IdleOwner(OriginRangeFetcher& f) : f_(f) {}
+  void upstream_ready(Upstream*) override {}
+  void upstream_failed(Upstream* u, const std::string&) override { f_.drop(u); }
+  void upstream_data(Upstream* u, const char* data, size_t) override {
+    if (data) f_.drop(u);  // unasked-for bytes (or a close_notify): not reusable
+  }
+  void upstream_eof(Upstream* u) override { f_.drop(u); }
+  void upstream_written(Upstream*, int) override {}
+
+ private:
+  OriginRangeFetcher& f_;
+};
+
+OriginRangeFetcher::OriginRangeFetcher(Worker& w) : w_(w), idle_owner_(std::make_unique<IdleOwner>(*this)) {}
+
+OriginRangeFetcher::~OriginRangeFetcher() { close_idle(); }
+
+void OriginRangeFetcher::close_idle() {
+  closed_ = true;
+  for (Idle& i : idle_) i.u->release();
+  idle_.clear();
+}
+
+Upstream* OriginRangeFetcher::take_idle(const std::string& key) {
+  expire();
+  // The most recently used first: the one least likely to have been closed.
+  for (auto it = idle_.rbegin(); it != idle_.rend(); ++it) {
+    if (it->key != key) continue;
+    Upstream* u = it->u;
+    idle_.erase(std::next(it).base());
+    return u;
+  }
+  return nullptr;
+}
+
+void OriginRangeFetcher::park(Upstream* u, const std::string& key) {
+  expire();
+  size_t same = 0;
+  for (const Idle& i : idle_) same += i.key == key;
+  if (closed_ || same >= kIdlePerKey) {
+    u->release();
+    return;
+  }
+  if (idle_.size() >= kIdleMax) {
+    idle_.front().u->release();
+    idle_.pop_front();
+  }
+  u->owner = idle_owner_.get();
+  u->set_reading(true);
+  idle_.push_back(Idle{u, key, uv_now(w_.loop())});
+}
+
+void OriginRangeFetcher::drop(Upstream* u) {
+  for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+    if (it->u != u) continue;
+    idle_.erase(it);
+    break;
+  }
+  u->release();
+}
+
+void OriginRangeFetcher::expire() {
+  uint64_t now = uv_now(w_.loop());
+  while (!idle_.empty() && now - idle_.front().since_ms >= kIdleMs) {
+    idle_.front().u->release();
+    idle_.pop_front();
+  }
+}
 
 uint64_t OriginRangeFetcher::fetch(const p2p::OriginRequest& req, uint64_t offset, uint64_t len,
                                    uint64_t total, uint64_t* progress, Done done, Observe observe) {

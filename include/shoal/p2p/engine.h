@@ -71,6 +71,9 @@ class OriginFetcher {
   virtual uint64_t fetch(const OriginRequest& req, uint64_t offset, uint64_t len, uint64_t total,
                          uint64_t* progress, Done done, Observe observe) = 0;
   virtual void cancel(uint64_t handle) = 0;
+  // Closes kept-alive connections; fetches after this open their own and
+  // keep none. Called when the engine stops, while the loop still runs.
+  virtual void close_idle() {}
 };
 
 struct EngineOptions {
