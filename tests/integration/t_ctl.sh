@@ -143,7 +143,9 @@ info "status shows the store"
 "$ctl" --socket "$sock" --json status >"$TEST_TMP/status.json" || fail "status --json failed"
 [ "$(jq -r '.store.tasks' "$TEST_TMP/status.json")" -ge 1 ] || fail "status: store.tasks < 1"
 assert_eq "$(jq -r '.hijack_cert' "$TEST_TMP/status.json")" "$site/ca.crt" "status: hijack_cert"
-"$ctl" --socket "$sock" status | grep -q "^store  *$SHOALD_DATA_DIR, [0-9]* tasks" || fail "status table has no store line"
+# Captured first: under pipefail, grep -q leaving early could fail the pipe.
+table=$("$ctl" --socket "$sock" status) || fail "shoalctl status (table) failed"
+grep -q "^store  *$SHOALD_DATA_DIR, [0-9]* tasks" <<<"$table" || fail "status table has no store line"
 
 info "gc: nothing to free, then everything after a 1 s expiry"
 "$ctl" --socket "$sock" gc >"$TEST_TMP/gc.txt" || fail "shoalctl gc failed"
