@@ -29,6 +29,10 @@ constexpr uint64_t kAvoidBusyMs = 250;
 constexpr uint64_t kQueryBusyMs = 500;  // scheduler polls while every fetch slot is busy
 constexpr uint64_t kAvoidStallMs = 30000;
 constexpr uint64_t kEndGameAfterMs = 1000;
+// Verified pieces waiting for their write are held in memory: with a disk
+// slower than the network they would pile up, so no fetch starts while
+// this much of a task waits.
+constexpr uint64_t kMaxUnwrittenBytes = 256u << 20;
 constexpr uint64_t kPieceTimeoutMs = 30 * 60 * 1000;  // stalls are caught long before
 
 struct P2pMetrics {
@@ -308,7 +312,7 @@ int PeerTask::fetch_limit() const {
 }
 
 void PeerTask::schedule() {
-  if (state_ != State::Running) return;
+  if (state_ != State::Running || unwritten_bytes_ >= kMaxUnwrittenBytes) return;
   uint64_t now = uv_now(e_.loop());
   auto wanted = [&](uint32_t i) { return !have_.test(i) && fetching_[i] == 0; };
   // Origin pieces: the scheduler's assignments; without a scheduler, every
@@ -610,6 +614,7 @@ void PeerTask::write_piece(uint32_t piece, HotPieces::Data bytes) {
   j->req.data = j;
   j->pt = this;
   j->piece = piece;
+  unwritten_bytes_ += bytes->size();
   j->bytes = std::move(bytes);
   j->offset = offset_of(piece);
   j->writer = writer_.get();
@@ -624,6 +629,7 @@ void PeerTask::write_piece(uint32_t piece, HotPieces::Data bytes) {
         std::unique_ptr<Job> jj(static_cast<Job*>(req->data));
         PeerTask* pt = jj->pt;
         pt->jobs_--;
+        pt->unwritten_bytes_ -= jj->bytes->size();
         if (pt->state_ != State::Running) {
           pt->maybe_free();
           return;
@@ -636,6 +642,7 @@ void PeerTask::write_piece(uint32_t piece, HotPieces::Data bytes) {
       });
   if (r != 0) {
     jobs_--;
+    unwritten_bytes_ -= j->bytes->size();
     delete j;
     fail(std::string("thread pool: ") + uv_strerror(r));
   }
@@ -651,6 +658,7 @@ void PeerTask::piece_written(uint32_t piece) {
     reported_ = contig;
   }
   hash_more();
+  schedule();  // fetches may have waited for the writes (kMaxUnwrittenBytes)
 }
 
 // The whole object's SHA-256 follows the contiguous prefix on disk, so it

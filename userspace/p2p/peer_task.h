@@ -138,7 +138,8 @@ class PeerTask {
   bool announce_dirty_ = false;
   uint64_t next_query_ms_ = 0, next_announce_ms_ = 0;
 
-  uint32_t contig_piece_ = 0;  // pieces [0, contig_piece_) are all held
+  uint64_t unwritten_bytes_ = 0;  // verified pieces whose write is not done
+  uint32_t contig_piece_ = 0;     // pieces [0, contig_piece_) are all on disk
   uint64_t reported_ = 0;      // bytes passed to ActiveTask::add_stored
   void* whole_ = nullptr;      // EVP_MD_CTX of the whole object
   uint64_t hashed_ = 0;
