@@ -11,6 +11,7 @@
 #include "shoal/p2p/http_call.h"
 #include "shoal/p2p/peer_tls.h"
 #include "shoal/p2p/upload_server.h"
+#include "shoal/util/buffer_pool.h"
 
 namespace shoal::p2p {
 
@@ -182,6 +183,10 @@ void Engine::task_finished(PeerTask* pt) {
   auto it = downloads_.find(pt->id());
   if (it != downloads_.end() && it->second == pt) downloads_.erase(it);
   downloads_count_ = downloads_.size();
+  // No download left: the piece buffers this loop kept for the next ones
+  // go back to the system (a few may still come back from fetches being
+  // cancelled; the next download reuses those).
+  if (downloads_.empty()) util::BufferPool::local().clear();
 }
 
 void Engine::announce_stored(const std::string& id) {

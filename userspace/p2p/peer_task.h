@@ -140,8 +140,8 @@ class PeerTask {
 
   uint64_t unwritten_bytes_ = 0;  // verified pieces whose write is not done
   uint32_t contig_piece_ = 0;     // pieces [0, contig_piece_) are all on disk
-  uint64_t reported_ = 0;      // bytes passed to ActiveTask::add_stored
-  void* whole_ = nullptr;      // EVP_MD_CTX of the whole object
+  uint64_t reported_ = 0;         // bytes passed to ActiveTask::add_stored
+  void* whole_ = nullptr;         // EVP_MD_CTX of the whole object
   uint64_t hashed_ = 0;
   bool hash_job_ = false;
   std::string failure_;

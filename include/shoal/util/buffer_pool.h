@@ -54,6 +54,12 @@ class BufferPool {
     free_.push_back(std::move(mine));
   }
 
+  // Frees every pooled buffer (the thread's work is done for now).
+  void clear() {
+    std::vector<std::string>().swap(free_);
+    bytes_ = 0;
+  }
+
   size_t buffers() const { return free_.size(); }
   size_t bytes() const { return bytes_; }
 

@@ -112,6 +112,9 @@ void test_buffer_pool(void**) {
   huge.reserve(BufferPool::kMaxBytes + 1);
   pool.give_back(std::move(huge));  // over the byte bound: freed
   assert_true(pool.bytes() <= BufferPool::kMaxBytes);
+  pool.clear();
+  assert_int_equal(pool.buffers(), 0);
+  assert_int_equal(pool.bytes(), 0);
 }
 
 // A wrapped piece's buffer returns to this thread's pool when its last
