@@ -98,7 +98,8 @@ PeerTask::PeerTask(Engine& e, std::shared_ptr<task::ActiveTask> t, std::string u
   fetching_.assign(n_, 0);
   rank_.resize(n_);
   for (uint32_t i = 0; i < n_; ++i) rank_[i] = i;
-  std::shuffle(rank_.begin(), rank_.end(), std::mt19937(std::random_device{}()));
+  rng_.seed(std::random_device{}());
+  std::shuffle(rank_.begin(), rank_.end(), rng_);
   uv_timer_init(e_.loop(), &timer_);
   timer_.data = this;
 }
@@ -368,14 +369,21 @@ void PeerTask::schedule() {
   std::sort(cands.begin(), cands.end());
   for (auto& c : cands) {
     if (parent_inflight_ >= limit) return;
+    // The least loaded holder (as far as this peer's own requests tell),
+    // and among equals any one at random: taking the first in id order sent
+    // every peer to the same few parents while others' uplinks idled.
     const std::string* best = nullptr;
     const ParentInfo* bp = nullptr;
+    uint32_t ties = 0;
     for (auto& kv : parents_) {
       if (!usable(kv.second, c.second, now)) continue;
-      if (!bp || kv.second.inflight < bp->inflight ||
-          (kv.second.inflight == bp->inflight && kv.second.errors < bp->errors)) {
+      const ParentInfo& p = kv.second;
+      bool better = !bp || p.inflight < bp->inflight || (p.inflight == bp->inflight && p.errors < bp->errors);
+      bool equal = bp && p.inflight == bp->inflight && p.errors == bp->errors;
+      if (better) ties = 1;
+      if (better || (equal && rng_() % ++ties == 0)) {
         best = &kv.first;
-        bp = &kv.second;
+        bp = &p;
       }
     }
     if (best) start_parent(c.second, *best);
@@ -564,6 +572,7 @@ void PeerTask::piece_arrived(const Fetch& f, std::string data) {
       .num("piece", piece)
       .str("from", from_origin ? "origin" : f.parent)
       .num("at_ms", static_cast<int64_t>(uv_now(e_.loop()) - start_ms_))
+      .num("ms", static_cast<int64_t>(uv_now(e_.loop()) - f.start_ms))
       .num("inflight", parent_inflight_)
       .num("parents", static_cast<int64_t>(parents_.size()));
   if (from_origin) {

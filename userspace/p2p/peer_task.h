@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -125,6 +126,7 @@ class PeerTask {
   std::vector<task::Sha256> hashes_;
   std::vector<uint8_t> fetching_;
   std::vector<uint32_t> rank_;  // tie-break among equally rare pieces
+  std::minstd_rand rng_;        // and among equally loaded parents
   std::map<uint64_t, Fetch> fetches_;
   uint64_t next_fetch_ = 1;
   std::map<std::string, ParentInfo> parents_;

@@ -319,6 +319,8 @@ void test_no_retry_once_answered(void**) {
   });
   assert_int_equal(t.res[0].error, 0);
   assert_int_equal(t.res[1].error, UV_EPROTO);
+  // The body holds what came, not the length the answer announced.
+  assert_true(t.res[1].body == "abc");
   assert_int_equal(t.opened, 1);
   assert_int_equal(t.reused, 1);
 }
